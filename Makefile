@@ -1,0 +1,29 @@
+# The two commands a newcomer types: `make demo` and `make test`. Each sets itself up (idempotent).
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+export DS_ACCELERATOR ?= cpu
+
+.PHONY: setup demo test test-fast clean
+
+setup: $(STAMP)
+
+# Reinstall only when the package metadata changes.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+demo: setup
+	$(BIN)/jepa demo
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

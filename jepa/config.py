@@ -1,0 +1,652 @@
+"""The experiment configuration: typed dataclasses (OmegaConf structured configs), one per section.
+
+`load(path, overrides)` composes a YAML file (its `defaults:` list first, in order, then the file
+itself), applies dotted `key=value` overrides, checks every key against the schema before any
+work is done, and returns a validated `Config`. Every field documents its meaning and unit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from jepa.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class RopeConfig:
+    kind: str = "2d"
+    """Rotary position embedding: `2d` (images, H x W axes), `3d` (video, T x H x W axes) or `none`."""
+    variant: str = "axial"
+    """`axial`: each axis rotates its own slice of the head dim with fixed frequencies; `mixed`:
+    learnable frequencies that mix the axes (2D only, rope-vit style)."""
+    theta: float = 100.0
+    """Base of the frequency ladder: pair i of an axis with d channels turns at theta^(-2i/d) rad/unit."""
+    coords: str = "centre"
+    """Token coordinates: `centre` (cell centres mapped to [-1, 1], DINOv3 style, resolution-free) or
+    `index` (integer patch indices 0..n-1, rope-vit style)."""
+    normalize: str = "separate"
+    """For `centre` coords: `separate` divides each axis by its own length, `max`/`min` divide every
+    axis by the largest / smallest grid side (keeps aspect ratio)."""
+    temporal_scale: float = 1.0
+    """3D only: temporal coordinates are divided by this (0.5 doubles temporal angles, 2.0 halves them)."""
+    shift: float = 0.0
+    """Train-time augmentation: uniform shift of all coordinates in [-shift, shift] (coord units); 0 = off."""
+    jitter: float = 0.0
+    """Train-time augmentation: per-axis scale factor drawn log-uniformly in [1/(1+j), 1+j]; 0 = off."""
+    rescale: float = 0.0
+    """Train-time augmentation: one scale factor for all axes, log-uniform in [1/(1+r), 1+r]; 0 = off."""
+
+
+@dataclass
+class PredictorConfig:
+    embed_dim: int = 384
+    """Predictor width (channels); the context features are projected to it and back."""
+    depth: int = 12
+    """Number of transformer blocks in the predictor."""
+    num_heads: int = 12
+    """Attention heads in the predictor; embed_dim / num_heads must satisfy the RoPE split."""
+    per_block: bool = False
+    """True: one predictor sequence per target block (I-JEPA); False: all target tokens in one sequence."""
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "vit"
+    """Encoder family: `vit` (patch or tubelet ViT that drops masked tokens) or `mvit_v2_s`
+    (torchvision MViT v2 S for video; masked tokens replaced by a learned mask token)."""
+    size: str = "tiny"
+    """ViT size by name: tiny, small, base, large, huge, giant. `embed_dim`/`depth`/`num_heads` override it."""
+    embed_dim: Optional[int] = None
+    """Encoder width (channels); null = from `size`."""
+    depth: Optional[int] = None
+    """Number of encoder blocks; null = from `size`."""
+    num_heads: Optional[int] = None
+    """Attention heads per block; null = from `size`."""
+    mlp_ratio: float = 4.0
+    """Hidden width of each MLP as a multiple of embed_dim."""
+    patch_size: int = 16
+    """Spatial patch side (pixels)."""
+    tubelet_size: int = 2
+    """Video only: frames per tubelet (temporal patch length)."""
+    abs_pos: bool = False
+    """Add fixed sin-cos absolute position embeddings (in addition to or instead of RoPE)."""
+    drop_path: float = 0.0
+    """Stochastic depth rate at the last block (linearly increasing from 0)."""
+    activation_checkpointing: bool = False
+    """Recompute block activations in backward to save memory."""
+    mvit_rel_pos: bool = True
+    """MViT only: keep torchvision's relative position bias alongside RoPE."""
+    rope: RopeConfig = field(default_factory=RopeConfig)
+    """Rotary position embedding of encoder and predictor."""
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    """The narrow predictor transformer."""
+
+
+@dataclass
+class BlockMaskConfig:
+    num_blocks: int = 4
+    """How many blocks of this kind are drawn per sample; the target is their union."""
+    spatial_scale: List[float] = field(default_factory=lambda: [0.15, 0.2])
+    """[min, max] fraction of the H x W grid covered by one block."""
+    temporal_scale: List[float] = field(default_factory=lambda: [1.0, 1.0])
+    """Video only: [min, max] fraction of the time axis covered by one block."""
+    aspect_ratio: List[float] = field(default_factory=lambda: [0.75, 1.5])
+    """[min, max] height/width ratio of a block, drawn independently of its scale."""
+
+
+@dataclass
+class MaskConfig:
+    kind: str = "multiblock2d"
+    """`multiblock2d` (I-JEPA), `multiblock3d` (V-JEPA) or `tube` (random spatial cells, all frames)."""
+    targets: List[BlockMaskConfig] = field(default_factory=lambda: [BlockMaskConfig()])
+    """Target block kinds. multiblock2d: each block is a separate target; multiblock3d: each kind is
+    a separate mask (context = everything outside its targets)."""
+    context_scale: List[float] = field(default_factory=lambda: [0.85, 1.0])
+    """multiblock2d: [min, max] fraction of the grid covered by the context block before targets are removed."""
+    context_aspect_ratio: List[float] = field(default_factory=lambda: [1.0, 1.0])
+    """multiblock2d: [min, max] aspect ratio of the context block."""
+    tube_ratio: float = 0.9
+    """tube: fraction of spatial cells masked (as targets) through all frames."""
+    min_keep: int = 10
+    """Fewest context tokens a mask may leave; fewer is an error."""
+
+
+@dataclass
+class LevelConfig:
+    block: int = -1
+    """Encoder block whose output is this level's target (0-based; negative counts from the end)."""
+    pool: int = 1
+    """Average-pooling factor over the spatial token grid (H and W) for this level's targets."""
+    pool_t: int = 1
+    """Video only: average-pooling factor over the temporal token axis."""
+    weight: float = 1.0
+    """Weight of this level's loss in the total."""
+
+
+@dataclass
+class HierarchyConfig:
+    levels: List[LevelConfig] = field(default_factory=lambda: [LevelConfig()])
+    """Prediction levels (H-JEPA). One level with pool 1 on the last block is plain I-JEPA / V-JEPA."""
+    loss: str = "smooth_l1"
+    """Per-level regression loss between prediction and layer-normed target: `l1` or `smooth_l1`."""
+
+
+@dataclass
+class SourceConfig:
+    urls: str = ""
+    """WebDataset shard URLs: brace pattern (`/data/in-{000..127}.tar`), list separated by `::`,
+    or `pipe:` commands (`pipe:cat /data/x.tar`)."""
+    kind: str = "image"
+    """What the shards hold: `image` or `video`."""
+    weight: float = 1.0
+    """Sampling weight of this source in a mixed stream."""
+
+
+@dataclass
+class DataConfig:
+    sources: List[SourceConfig] = field(default_factory=list)
+    """Training sources, mixed by weight."""
+    val_urls: str = ""
+    """Labelled shards read exactly once for evaluation (probe, kNN); empty = none."""
+    batch_size: int = 32
+    """Samples per micro-batch on each rank."""
+    num_workers: int = 2
+    """DataLoader worker processes per rank."""
+    samples_per_epoch: int = 10000
+    """Samples a rank draws per epoch of the resampled stream (an epoch is a reseed point, not a pass)."""
+    shuffle_buffer: int = 1000
+    """Samples held in each worker's shuffle buffer."""
+    image_size: int = 224
+    """Side of the square training crop (pixels); must be a multiple of model.patch_size."""
+    crop_scale: List[float] = field(default_factory=lambda: [0.3, 1.0])
+    """[min, max] area fraction of random-resized-crop."""
+    hflip: bool = True
+    """Random horizontal flip during pretraining."""
+    num_frames: int = 16
+    """Video: frames per clip; must be a multiple of model.tubelet_size."""
+    frame_step: int = 4
+    """Video: stride between sampled frames (source frames)."""
+    target_fps: Optional[float] = None
+    """Video: sample at this rate instead of `frame_step` (frames per second); null = use frame_step."""
+    clips_per_video: int = 1
+    """Video: independent clips drawn from each video."""
+    short_video: str = "pad"
+    """Video shorter than one clip: `pad` (repeat the last frame) or `skip`."""
+    decoder: str = "pyav"
+    """Video decoder: `pyav` or `torchcodec` (if installed)."""
+    max_error_fraction: float = 0.5
+    """Stop with an error when more than this fraction of the first 1000 samples fail to decode."""
+
+
+@dataclass
+class LossSpikeConfig:
+    enabled: bool = False
+    """Skip an optimizer step whose loss exceeds mean + k * std of the recent window."""
+    window: int = 100
+    """Number of recent losses in the running statistics."""
+    k: float = 6.0
+    """Standard deviations above the mean that count as a spike."""
+
+
+@dataclass
+class OptimConfig:
+    total_steps: int = 1000
+    """Optimizer steps in the whole run (schedules end here)."""
+    warmup_steps: int = 100
+    """Optimizer steps of linear lr warmup from start_lr to lr."""
+    lr: float = 1e-3
+    """Peak learning rate (after warmup)."""
+    start_lr: float = 2e-4
+    """Learning rate at step 0."""
+    final_lr: float = 1e-6
+    """Learning rate at total_steps (cosine decay from lr)."""
+    weight_decay: float = 0.04
+    """Weight decay at step 0 (AdamW, not applied to biases, norms and other 1-D params)."""
+    final_weight_decay: float = 0.4
+    """Weight decay at total_steps (cosine ramp)."""
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    grad_clip: float = 10.0
+    """Clip the global gradient norm to this value; 0 = no clipping."""
+    loss_spike: LossSpikeConfig = field(default_factory=LossSpikeConfig)
+    """Optional guard against loss spikes."""
+
+
+@dataclass
+class EmaConfig:
+    momentum: float = 0.996
+    """EMA momentum of the target encoder at step 0."""
+    final_momentum: float = 1.0
+    """EMA momentum at total_steps (linear ramp)."""
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: int = 0
+    """ZeRO stage 0 (DDP), 1 (optimizer states), 2 (+ gradients) or 3 (+ parameters)."""
+    bf16: bool = False
+    """Train in bfloat16 (the EMA target stays fp32 outside the engine)."""
+    grad_accum_steps: int = 1
+    """Micro-batches accumulated per optimizer step."""
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 500
+    """Save a checkpoint every this many optimizer steps (and always at the end and on preemption)."""
+    keep_last: int = 3
+    """Checkpoints kept on disk; older ones are deleted after a complete save."""
+    resume: bool = True
+    """Resume automatically from output_dir/checkpoints when one exists."""
+
+
+@dataclass
+class LoggingConfig:
+    every_steps: int = 10
+    """Console line and TensorBoard scalars every this many optimizer steps."""
+    repr_every_steps: int = 100
+    """Collapse diagnostics (target feature std, effective rank) every this many steps."""
+    tensorboard: bool = True
+    """Write TensorBoard events to output_dir/tb."""
+
+
+@dataclass
+class LaunchConfig:
+    cluster: str = "slurm"
+    """submitit backend: `slurm`, `local` (real processes on this machine) or `debug` (in-process)."""
+    nodes: int = 1
+    """Nodes per job."""
+    tasks_per_node: int = 1
+    """Processes (ranks) per node; usually one per GPU."""
+    gpus_per_node: int = 0
+    """GPUs requested per node."""
+    cpus_per_task: int = 8
+    """CPU cores per rank."""
+    mem_gb: int = 64
+    """Memory per node (GiB)."""
+    timeout_min: int = 240
+    """Wall time of one job (minutes); preemption or timeout requeues it."""
+    partition: str = ""
+    """SLURM partition; empty = cluster default."""
+    account: str = ""
+    """SLURM account; empty = none."""
+    qos: str = ""
+    """SLURM QoS; empty = none."""
+    constraint: str = ""
+    """SLURM node constraint; empty = none."""
+    max_requeues: int = 10
+    """Most times a job requeues itself after preemption or timeout."""
+    signal_delay_s: int = 120
+    """Seconds before the time limit at which SLURM signals the job to checkpoint."""
+    name: str = "jepa"
+    """Job name."""
+
+
+@dataclass
+class Config:
+    output_dir: str = "runs/default"
+    """Run folder: config.yaml, checkpoints/, tb/, train.log."""
+    seed: int = 0
+    """Seed of every random stream (model init, masks, data order)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Encoders and predictor."""
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    """Context/target mask sampling."""
+    hierarchy: HierarchyConfig = field(default_factory=HierarchyConfig)
+    """Prediction levels and loss."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Shards, transforms, loader."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer and schedules."""
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    """Target encoder EMA."""
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    """ZeRO, precision, accumulation."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Saving and resuming."""
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """Console and TensorBoard."""
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+    """Cluster submission."""
+
+
+# ----------------------------------------------------------------------------- model sizes
+
+VIT_SIZES = {
+    # name: (embed_dim, depth, num_heads, mlp_ratio)
+    "tiny": (192, 12, 3, 4.0),
+    "small": (384, 12, 6, 4.0),
+    "base": (768, 12, 12, 4.0),
+    "large": (1024, 24, 16, 4.0),
+    "huge": (1280, 32, 16, 4.0),
+    "giant": (1408, 40, 16, 48 / 11),
+}
+
+
+@dataclass(frozen=True)
+class VitDims:
+    embed_dim: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+
+def vit_dims(model: ModelConfig) -> VitDims:
+    """Encoder dimensions: the named size with explicit `embed_dim`/`depth`/`num_heads` on top."""
+    dim, depth, heads, ratio = VIT_SIZES[model.size]
+    return VitDims(
+        embed_dim=model.embed_dim or dim,
+        depth=model.depth or depth,
+        num_heads=model.num_heads or heads,
+        mlp_ratio=ratio if model.size == "giant" and model.mlp_ratio == 4.0 else model.mlp_ratio,
+    )
+
+
+def encoder_depth(model: ModelConfig) -> int:
+    """Number of blocks of the encoder the hierarchy levels index into."""
+    return 16 if model.backbone == "mvit_v2_s" else vit_dims(model).depth
+
+
+# ----------------------------------------------------------------------------- loading
+
+def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Compose `path` with its `defaults:`, apply `key=value` overrides, validate, return the config."""
+    raw = _compose(Path(path), stack=())
+    for item in overrides:
+        _set_dotted(raw, *_parse_override(item))
+    return from_dict(raw, origin=str(path))
+
+
+def from_dict(raw: dict, origin: str = "<dict>") -> Config:
+    """Validate a plain nested dict against the schema and return a typed `Config`."""
+    _check_keys(raw, Config, prefix="")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(raw))
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"{origin}: bad value for `{key}`: {msg}") from None
+    validate(cfg)
+    return cfg
+
+
+def to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML (what `output_dir/config.yaml` holds)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _compose(path: Path, stack: tuple[Path, ...]) -> dict:
+    path = _resolve_path(path, base=stack[-1].parent if stack else None)
+    if path in stack:
+        chain = " -> ".join(str(p) for p in (*stack, path))
+        raise ConfigError(f"`defaults` form a cycle: {chain}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of sections, got {type(data).__name__}")
+    defaults = data.pop("defaults", [])
+    if isinstance(defaults, str):
+        defaults = [defaults]
+    if not isinstance(defaults, list) or not all(isinstance(d, str) for d in defaults):
+        raise ConfigError(f"{path}: `defaults` must be a list of config file names")
+    merged: dict = {}
+    for name in defaults:
+        _deep_merge(merged, _compose(Path(name), stack=(*stack, path)))
+    _deep_merge(merged, data)
+    return merged
+
+
+def _resolve_path(path: Path, base: Path | None) -> Path:
+    candidates = [path] if path.is_absolute() else [p / path for p in (base, Path.cwd(), CONFIG_DIR) if p]
+    for cand in candidates:
+        for c in (cand, cand.with_suffix(".yaml")) if cand.suffix != ".yaml" else (cand,):
+            if c.is_file():
+                return c.resolve()
+    where = ", ".join(str(c) for c in candidates)
+    raise ConfigError(f"config file not found: {path} (looked in: {where})")
+
+
+def _deep_merge(into: dict, new: dict) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part.isidentifier() for part in key.split(".")):
+        raise ConfigError(f"malformed override {item!r}: expected dotted key=value, e.g. optim.lr=3e-4")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        raise ConfigError(f"malformed override {item!r}: the value is not valid YAML") from None
+    return key.split("."), value
+
+
+def _set_dotted(raw: dict, parts: list[str], value: Any) -> None:
+    node = raw
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[parts[-1]] = value
+
+
+def _check_keys(raw: Any, schema: type, prefix: str) -> None:
+    """Reject keys the schema does not have, naming the full key and the closest valid one."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"`{prefix.rstrip('.') or 'config'}` must be a mapping, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for key, value in raw.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
+            hint = f"; did you mean `{prefix}{close[0]}`?" if close else f"; valid keys: {', '.join(fields)}"
+            raise ConfigError(f"unknown config key `{prefix}{key}`{hint}")
+        sub = _field_schema(schema, key)
+        if sub is None or value is None:
+            continue
+        if isinstance(sub, list):  # a list of dataclasses
+            if not isinstance(value, list):
+                raise ConfigError(f"`{prefix}{key}` must be a list, got {value!r}")
+            for i, item in enumerate(value):
+                _check_keys(item, sub[0], prefix=f"{prefix}{key}[{i}].")
+        else:
+            _check_keys(value, sub, prefix=f"{prefix}{key}.")
+
+
+def _field_schema(schema: type, name: str) -> type | list[type] | None:
+    """The dataclass (or [dataclass] for a list of them) a field holds, else None."""
+    hints = {
+        "model": ModelConfig, "mask": MaskConfig, "hierarchy": HierarchyConfig, "data": DataConfig,
+        "optim": OptimConfig, "ema": EmaConfig, "deepspeed": DeepSpeedConfig,
+        "checkpoint": CheckpointConfig, "logging": LoggingConfig, "launch": LaunchConfig,
+        "rope": RopeConfig, "predictor": PredictorConfig, "loss_spike": LossSpikeConfig,
+    }
+    lists = {"targets": BlockMaskConfig, "levels": LevelConfig, "sources": SourceConfig}
+    if name in lists and schema in (MaskConfig, HierarchyConfig, DataConfig):
+        return [lists[name]]
+    sub = hints.get(name)
+    return sub if sub is not None and any(f.name == name for f in dataclasses.fields(schema)) else None
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _fail(key: str, value: Any, need: str) -> None:
+    raise ConfigError(f"`{key}` = {value!r} is invalid: {need}")
+
+
+def _one_of(key: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        _fail(key, value, f"expected one of {', '.join(map(str, choices))}")
+
+
+def _range_pair(key: str, value: list[float], lo: float, hi: float, lo_open: bool = True) -> None:
+    if len(value) != 2 or value[0] > value[1]:
+        _fail(key, value, "expected [min, max] with min <= max")
+    for v in value:
+        if (v <= lo if lo_open else v < lo) or v > hi:
+            _fail(key, value, f"each bound must lie in {'(' if lo_open else '['}{lo}, {hi}]")
+
+
+def _positive(key: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        _fail(key, value, "must be >= 0" if allow_zero else "must be > 0")
+
+
+def validate(cfg: Config) -> None:
+    """Value checks across sections; each error names the key, the value and what is expected."""
+    m, r = cfg.model, cfg.model.rope
+    _one_of("model.backbone", m.backbone, ("vit", "mvit_v2_s"))
+    _one_of("model.size", m.size, tuple(VIT_SIZES))
+    _one_of("model.rope.kind", r.kind, ("none", "2d", "3d"))
+    _one_of("model.rope.variant", r.variant, ("axial", "mixed"))
+    _one_of("model.rope.coords", r.coords, ("centre", "index"))
+    _one_of("model.rope.normalize", r.normalize, ("separate", "max", "min"))
+    for key in ("theta", "temporal_scale"):
+        _positive(f"model.rope.{key}", getattr(r, key))
+    for key in ("shift", "jitter", "rescale"):
+        _positive(f"model.rope.{key}", getattr(r, key), allow_zero=True)
+    if r.variant == "mixed" and r.kind != "2d":
+        _fail("model.rope.variant", r.variant, "`mixed` exists for model.rope.kind=2d only")
+    for key in ("patch_size", "tubelet_size"):
+        _positive(f"model.{key}", getattr(m, key))
+    for key in ("embed_dim", "depth", "num_heads"):
+        if getattr(m, key) is not None:
+            _positive(f"model.{key}", getattr(m, key))
+    _positive("model.mlp_ratio", m.mlp_ratio)
+    if not 0 <= m.drop_path < 1:
+        _fail("model.drop_path", m.drop_path, "must lie in [0, 1)")
+    video = m.backbone == "mvit_v2_s" or r.kind == "3d" or cfg.mask.kind != "multiblock2d"
+    if m.backbone == "vit":
+        dims = vit_dims(m)
+        _check_heads("model", dims.embed_dim, dims.num_heads, r)
+    if m.backbone == "mvit_v2_s" and r.kind == "2d":
+        _fail("model.rope.kind", r.kind, "mvit_v2_s is a video encoder: use 3d or none")
+    p = m.predictor
+    for key in ("embed_dim", "depth", "num_heads"):
+        _positive(f"model.predictor.{key}", getattr(p, key))
+    _check_heads("model.predictor", p.embed_dim, p.num_heads, r)
+
+    mk = cfg.mask
+    _one_of("mask.kind", mk.kind, ("multiblock2d", "multiblock3d", "tube"))
+    if not mk.targets and mk.kind != "tube":
+        _fail("mask.targets", mk.targets, "needs at least one block kind")
+    for i, b in enumerate(mk.targets):
+        _positive(f"mask.targets[{i}].num_blocks", b.num_blocks)
+        _range_pair(f"mask.targets[{i}].spatial_scale", b.spatial_scale, 0.0, 1.0)
+        _range_pair(f"mask.targets[{i}].temporal_scale", b.temporal_scale, 0.0, 1.0)
+        _range_pair(f"mask.targets[{i}].aspect_ratio", b.aspect_ratio, 0.0, float("inf"))
+    _range_pair("mask.context_scale", mk.context_scale, 0.0, 1.0)
+    _range_pair("mask.context_aspect_ratio", mk.context_aspect_ratio, 0.0, float("inf"))
+    if not 0 < mk.tube_ratio < 1:
+        _fail("mask.tube_ratio", mk.tube_ratio, "must lie in (0, 1)")
+    _positive("mask.min_keep", mk.min_keep)
+
+    h = cfg.hierarchy
+    _one_of("hierarchy.loss", h.loss, ("l1", "smooth_l1"))
+    if not h.levels:
+        _fail("hierarchy.levels", h.levels, "needs at least one level")
+    depth = encoder_depth(m)
+    for i, lv in enumerate(h.levels):
+        if not -depth <= lv.block < depth:
+            _fail(f"hierarchy.levels[{i}].block", lv.block,
+                  f"the encoder has {depth} blocks: use 0..{depth - 1} or -1..-{depth}")
+        _positive(f"hierarchy.levels[{i}].pool", lv.pool)
+        _positive(f"hierarchy.levels[{i}].pool_t", lv.pool_t)
+        _positive(f"hierarchy.levels[{i}].weight", lv.weight, allow_zero=True)
+
+    d = cfg.data
+    for i, s in enumerate(d.sources):
+        _one_of(f"data.sources[{i}].kind", s.kind, ("image", "video"))
+        _positive(f"data.sources[{i}].weight", s.weight)
+        if not s.urls:
+            _fail(f"data.sources[{i}].urls", s.urls, "give the shard URLs, e.g. /data/train-{000..099}.tar")
+    for key in ("batch_size", "samples_per_epoch", "shuffle_buffer", "image_size", "num_frames",
+                "frame_step", "clips_per_video"):
+        _positive(f"data.{key}", getattr(d, key))
+    _positive("data.num_workers", d.num_workers, allow_zero=True)
+    if d.target_fps is not None:
+        _positive("data.target_fps", d.target_fps)
+    _range_pair("data.crop_scale", d.crop_scale, 0.0, 1.0)
+    _one_of("data.short_video", d.short_video, ("pad", "skip"))
+    _one_of("data.decoder", d.decoder, ("pyav", "torchcodec"))
+    if not 0 < d.max_error_fraction <= 1:
+        _fail("data.max_error_fraction", d.max_error_fraction, "must lie in (0, 1]")
+    if d.image_size % m.patch_size:
+        _fail("data.image_size", d.image_size, f"must be a multiple of model.patch_size={m.patch_size}")
+    if video and m.backbone == "vit" and d.num_frames % m.tubelet_size:
+        _fail("data.num_frames", d.num_frames, f"must be a multiple of model.tubelet_size={m.tubelet_size}")
+
+    o = cfg.optim
+    _positive("optim.total_steps", o.total_steps)
+    _positive("optim.warmup_steps", o.warmup_steps, allow_zero=True)
+    if o.warmup_steps > o.total_steps:
+        _fail("optim.warmup_steps", o.warmup_steps, f"must not exceed optim.total_steps={o.total_steps}")
+    for key in ("lr", "start_lr", "final_lr", "weight_decay", "final_weight_decay", "grad_clip"):
+        _positive(f"optim.{key}", getattr(o, key), allow_zero=True)
+    _positive("optim.eps", o.eps)
+    _range_pair("optim.betas", o.betas, 0.0, 1.0, lo_open=False)
+    if max(o.betas) >= 1.0:
+        _fail("optim.betas", o.betas, "each beta must be < 1")
+    _positive("optim.loss_spike.window", o.loss_spike.window)
+    _positive("optim.loss_spike.k", o.loss_spike.k)
+
+    for key in ("momentum", "final_momentum"):
+        v = getattr(cfg.ema, key)
+        if not 0 <= v <= 1:
+            _fail(f"ema.{key}", v, "must lie in [0, 1]")
+
+    _one_of("deepspeed.zero_stage", cfg.deepspeed.zero_stage, (0, 1, 2, 3))
+    _positive("deepspeed.grad_accum_steps", cfg.deepspeed.grad_accum_steps)
+    _positive("checkpoint.every_steps", cfg.checkpoint.every_steps)
+    _positive("checkpoint.keep_last", cfg.checkpoint.keep_last)
+    _positive("logging.every_steps", cfg.logging.every_steps)
+    _positive("logging.repr_every_steps", cfg.logging.repr_every_steps)
+
+    la = cfg.launch
+    _one_of("launch.cluster", la.cluster, ("slurm", "local", "debug"))
+    for key in ("nodes", "tasks_per_node", "cpus_per_task", "mem_gb", "timeout_min", "max_requeues"):
+        _positive(f"launch.{key}", getattr(la, key), allow_zero=key == "max_requeues")
+    _positive("launch.gpus_per_node", la.gpus_per_node, allow_zero=True)
+    _positive("launch.signal_delay_s", la.signal_delay_s, allow_zero=True)
+    if not cfg.output_dir:
+        _fail("output_dir", cfg.output_dir, "give the run folder")
+
+
+def _check_heads(prefix: str, embed_dim: int, num_heads: int, rope: RopeConfig) -> None:
+    if embed_dim % num_heads:
+        _fail(f"{prefix}.num_heads", num_heads, f"must divide {prefix}.embed_dim={embed_dim}")
+    head_dim = embed_dim // num_heads
+    if rope.kind == "2d" and head_dim % 4:
+        _fail(f"{prefix}.num_heads", num_heads,
+              f"2D RoPE needs head_dim % 4 == 0, but embed_dim/num_heads = {embed_dim}/{num_heads} = {head_dim}")
+    if rope.kind == "3d" and (head_dim % 2 or head_dim < 6):
+        _fail(f"{prefix}.num_heads", num_heads,
+              f"3D RoPE needs an even head_dim >= 6, but embed_dim/num_heads = {embed_dim}/{num_heads} = {head_dim}")
