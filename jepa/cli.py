@@ -1,0 +1,45 @@
+"""The `jepa` command. Thin: parse arguments, call the verb's handler, turn `UserError` into exit 2.
+
+Each verb lives in a module with `register(subparsers)`; modules keep heavy imports (torch,
+deepspeed, av) inside their handlers so that `jepa --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from jepa import __version__
+from jepa.errors import UserError
+
+# Modules that add verbs, in the order `jepa --help` lists them.
+VERB_MODULES = (
+    "jepa.commands.config_cmd",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jepa", description="Distributed H-JEPA and video JEPA pretraining.")
+    parser.add_argument("--version", action="version", version=f"jepa {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for name in VERB_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"jepa: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("jepa: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
