@@ -30,13 +30,15 @@ class RopeConfig:
     """`axial`: each axis rotates its own slice of the head dim with fixed frequencies; `mixed`:
     learnable frequencies that mix the axes (2D only, rope-vit style)."""
     theta: float = 100.0
-    """Base of the frequency ladder: pair i of an axis with d channels turns at theta^(-2i/d) rad/unit."""
+    """Base of the frequency ladder: pair i of an axis with d channels turns at theta^(-2i/d) rad per
+    coordinate unit, times 2*pi for `centre` coords (DINOv3 periods). 3D: head_dim // 2 pairs split
+    equally into [t | h | w]; the remainder pairs pass through unrotated."""
     coords: str = "centre"
     """Token coordinates: `centre` (cell centres mapped to [-1, 1], DINOv3 style, resolution-free) or
     `index` (integer patch indices 0..n-1, rope-vit style)."""
     normalize: str = "separate"
     """For `centre` coords: `separate` divides each axis by its own length, `max`/`min` divide every
-    axis by the largest / smallest grid side (keeps aspect ratio)."""
+    axis by the largest / smallest grid side (keeps aspect ratio). `index` coords need `separate`."""
     temporal_scale: float = 1.0
     """3D only: temporal coordinates are divided by this (0.5 doubles temporal angles, 2.0 halves them)."""
     shift: float = 0.0
@@ -101,7 +103,7 @@ class BlockMaskConfig:
     temporal_scale: List[float] = field(default_factory=lambda: [1.0, 1.0])
     """Video only: [min, max] fraction of the time axis covered by one block."""
     aspect_ratio: List[float] = field(default_factory=lambda: [0.75, 1.5])
-    """[min, max] height/width ratio of a block, drawn independently of its scale."""
+    """[min, max] height/width ratio of a block, drawn log-uniformly and independently of its scale."""
 
 
 @dataclass
@@ -119,6 +121,9 @@ class MaskConfig:
     """tube: fraction of spatial cells masked (as targets) through all frames."""
     min_keep: int = 10
     """Fewest context tokens a mask may leave; fewer is an error."""
+    max_tries: int = 20
+    """Block masks: a sample left with fewer than min_keep context tokens is redrawn with fresh blocks
+    up to this many times; still short is an error naming the grid and scales."""
 
 
 @dataclass
@@ -185,7 +190,12 @@ class DataConfig:
     decoder: str = "pyav"
     """Video decoder: `pyav` or `torchcodec` (if installed)."""
     max_error_fraction: float = 0.5
-    """Stop with an error when more than this fraction of the first 1000 samples fail to decode."""
+    """Stop with an error when more than this fraction of the first `error_window` samples (and
+    shards) of a stream fail; a stream where every one of them fails stops too. Skips are counted
+    and logged either way (docs/data.md)."""
+    error_window: int = 1000
+    """Samples and shards at the start of each stream (each training worker; each evaluation) over
+    which `max_error_fraction` is judged."""
 
 
 @dataclass
@@ -240,6 +250,9 @@ class DeepSpeedConfig:
     """Train in bfloat16 (the EMA target stays fp32 outside the engine)."""
     grad_accum_steps: int = 1
     """Micro-batches accumulated per optimizer step."""
+    zero3_persistence_threshold: int = 100000
+    """ZeRO-3 only: parameters with fewer elements than this stay whole on every rank instead of
+    being partitioned (saves gathering many small tensors); 0 partitions every parameter."""
 
 
 @dataclass
@@ -529,6 +542,8 @@ def validate(cfg: Config) -> None:
     _one_of("model.rope.variant", r.variant, ("axial", "mixed"))
     _one_of("model.rope.coords", r.coords, ("centre", "index"))
     _one_of("model.rope.normalize", r.normalize, ("separate", "max", "min"))
+    if r.coords == "index" and r.normalize != "separate":
+        _fail("model.rope.normalize", r.normalize, "integer `index` coords are not normalised: use `separate`")
     for key in ("theta", "temporal_scale"):
         _positive(f"model.rope.{key}", getattr(r, key))
     for key in ("shift", "jitter", "rescale"):
@@ -568,6 +583,7 @@ def validate(cfg: Config) -> None:
     if not 0 < mk.tube_ratio < 1:
         _fail("mask.tube_ratio", mk.tube_ratio, "must lie in (0, 1)")
     _positive("mask.min_keep", mk.min_keep)
+    _positive("mask.max_tries", mk.max_tries, allow_zero=True)
 
     h = cfg.hierarchy
     _one_of("hierarchy.loss", h.loss, ("l1", "smooth_l1"))
@@ -589,7 +605,7 @@ def validate(cfg: Config) -> None:
         if not s.urls:
             _fail(f"data.sources[{i}].urls", s.urls, "give the shard URLs, e.g. /data/train-{000..099}.tar")
     for key in ("batch_size", "samples_per_epoch", "shuffle_buffer", "image_size", "num_frames",
-                "frame_step", "clips_per_video"):
+                "frame_step", "clips_per_video", "error_window"):
         _positive(f"data.{key}", getattr(d, key))
     _positive("data.num_workers", d.num_workers, allow_zero=True)
     if d.target_fps is not None:
@@ -625,6 +641,7 @@ def validate(cfg: Config) -> None:
 
     _one_of("deepspeed.zero_stage", cfg.deepspeed.zero_stage, (0, 1, 2, 3))
     _positive("deepspeed.grad_accum_steps", cfg.deepspeed.grad_accum_steps)
+    _positive("deepspeed.zero3_persistence_threshold", cfg.deepspeed.zero3_persistence_threshold, allow_zero=True)
     _positive("checkpoint.every_steps", cfg.checkpoint.every_steps)
     _positive("checkpoint.keep_last", cfg.checkpoint.keep_last)
     _positive("logging.every_steps", cfg.logging.every_steps)
