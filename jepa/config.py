@@ -263,6 +263,9 @@ class CheckpointConfig:
     """Checkpoints kept on disk; older ones are deleted after a complete save."""
     resume: bool = True
     """Resume automatically from output_dir/checkpoints when one exists."""
+    stop_at_step: Optional[int] = None
+    """Save and stop this job once the global step reaches this value (schedules still run to
+    optim.total_steps, so a later job resumes seamlessly); null = train to optim.total_steps."""
 
 
 @dataclass
@@ -644,6 +647,8 @@ def validate(cfg: Config) -> None:
     _positive("deepspeed.zero3_persistence_threshold", cfg.deepspeed.zero3_persistence_threshold, allow_zero=True)
     _positive("checkpoint.every_steps", cfg.checkpoint.every_steps)
     _positive("checkpoint.keep_last", cfg.checkpoint.keep_last)
+    if cfg.checkpoint.stop_at_step is not None:
+        _positive("checkpoint.stop_at_step", cfg.checkpoint.stop_at_step)
     _positive("logging.every_steps", cfg.logging.every_steps)
     _positive("logging.repr_every_steps", cfg.logging.repr_every_steps)
 
