@@ -15,6 +15,9 @@ from jepa.errors import UserError
 
 # Modules that add verbs, in the order `jepa --help` lists them.
 VERB_MODULES = (
+    "jepa.commands.train_cmd",
+    "jepa.train.commands",
+    "jepa.data.commands",
     "jepa.commands.config_cmd",
 )
 

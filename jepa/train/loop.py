@@ -1,0 +1,72 @@
+"""The training loop: data -> masks -> targets -> forward -> backward/step -> EMA -> metrics -> checkpoint.
+
+Nothing here reads a device value on the host except where logging (every `logging.every_steps`)
+or the optional loss-spike guard asks for it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from jepa.config import Config
+from jepa.train.engine import optimizer_step, set_optim_hparams
+from jepa.train.ema import ema_update
+from jepa.train.guard import LossSpikeGuard
+from jepa.train.run import Run, build_run
+
+
+def train(cfg: Config) -> dict[str, float]:
+    """Pretrain to `optim.total_steps` (resuming from output_dir when it holds a checkpoint).
+
+    Returns the last logged metrics (rank 0's view, averaged over ranks)."""
+    run = build_run(cfg)
+    try:
+        return _loop(run)
+    finally:
+        run.metrics.close()
+
+
+def _loop(run: Run) -> dict[str, float]:
+    cfg, engine, model, metrics = run.cfg, run.engine, run.model, run.metrics
+    device, zero3 = run.dist.device, cfg.deepspeed.zero_stage == 3
+    dtype = torch.bfloat16 if cfg.deepspeed.bf16 else torch.float32  # the engine's parameter dtype
+    guard = LossSpikeGuard(window=cfg.optim.loss_spike.window, k=cfg.optim.loss_spike.k) \
+        if cfg.optim.loss_spike.enabled else None
+    batches = iter(run.stream)
+    last: dict[str, float] = {}
+    step = run.start_step
+    end = min(cfg.optim.total_steps, cfg.checkpoint.stop_at_step or cfg.optim.total_steps)
+    while step < end:
+        lr, wd, momentum = run.schedules.lr(step), run.schedules.wd(step), run.schedules.ema_momentum(step)
+        set_optim_hparams(engine, lr, wd)
+        grad_norm = None
+        while grad_norm is None:  # micro-batches until DeepSpeed reaches the accumulation boundary
+            t0 = time.perf_counter()
+            batch = next(batches)
+            metrics.add_data(time.perf_counter() - t0, batch["skipped"])
+            x = batch["x"].to(device, non_blocking=True)
+            masks = [m.to(device, non_blocking=True) for m in batch["masks"]]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.deepspeed.bf16):
+                targets = model.compute_targets(x, masks)  # fp32 weights, bf16 matmuls under bf16
+            loss, step_metrics = engine(x.to(dtype), masks, targets)
+            if guard is not None and guard.is_spike(loss):  # drop this micro-batch, draw another
+                continue
+            engine.backward(loss)
+            grad_norm = optimizer_step(engine)
+            metrics.accumulate({"loss/total": loss, **step_metrics})
+        ema_update(run.target, run.online_encoder, momentum, zero3=zero3)  # once per optimizer step
+        step += 1
+        metrics.end_step()
+        if step % cfg.logging.repr_every_steps == 0:  # an SVD: only now and then
+            metrics.accumulate({"repr/effective_rank": model.effective_rank(targets)})
+        if step % cfg.logging.every_steps == 0 or step == end:
+            metrics.accumulate({"optim/grad_norm": grad_norm})
+            extra = {"optim/lr": lr, "optim/weight_decay": wd, "optim/ema_momentum": momentum}
+            if guard is not None:
+                extra["guard/skipped_batches"] = guard.skipped
+            last = metrics.write(step, extra)
+        if step % cfg.checkpoint.every_steps == 0 or step == end:
+            run.checkpointer.save(engine, run.target, step=step, data_position=run.stream.position())
+    return last

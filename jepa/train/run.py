@@ -1,0 +1,106 @@
+"""Everything a training run needs before its first step, built in the one safe order.
+
+Order matters: the config is validated and the resume point is checked (a refused resume must fail
+before anything is written), then the run folder, the model, the engine (which must know whether
+it will load a universal checkpoint), the resumed state, and last the data stream positioned
+where the checkpoint left it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from jepa.config import Config, to_yaml
+from jepa.data.shards import TrainStream, build_train_loader
+from jepa.masks import build_mask_generator
+from jepa.models.factory import build_jepa, input_grid
+from jepa.models.jepa import JEPA
+from jepa.train.checkpoint import Checkpointer, seed_rng
+from jepa.train.distributed import DistInfo, init_distributed
+from jepa.train.ema import init_target
+from jepa.train.engine import build_engine
+from jepa.train.metrics import MetricLogger
+from jepa.train.schedules import Schedules
+
+log = logging.getLogger("jepa.train")
+
+
+@dataclass
+class Run:
+    cfg: Config
+    dist: DistInfo
+    model: JEPA
+    engine: object
+    target: nn.Module
+    checkpointer: Checkpointer
+    stream: TrainStream
+    schedules: Schedules
+    metrics: MetricLogger
+    start_step: int
+
+    @property
+    def online_encoder(self) -> nn.Module:
+        """The context encoder inside the engine (bf16 and partitioned as DeepSpeed made it)."""
+        return self.engine.module.context_encoder
+
+
+def setup_logging(output_dir: Path, is_main: bool) -> None:
+    """Rank 0 logs INFO to the console and to output_dir/train.log; other ranks only warnings."""
+    root = logging.getLogger("jepa")
+    root.handlers.clear()
+    root.setLevel(logging.INFO if is_main else logging.WARNING)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    if is_main:
+        handlers.append(logging.FileHandler(output_dir / "train.log"))
+    for h in handlers:
+        h.setFormatter(fmt)
+        root.addHandler(h)
+    root.propagate = False
+
+
+def build_run(cfg: Config) -> Run:
+    dist = init_distributed()
+    checkpointer = Checkpointer(cfg, rank=dist.rank, world_size=dist.world_size)
+    point = checkpointer.resume_point()  # refusals happen here, before anything is written
+    out = Path(cfg.output_dir)
+    if dist.is_main:
+        (out / "tb").mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(to_yaml(cfg))
+    torch.distributed.barrier()
+    setup_logging(out, dist.is_main)
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = build_jepa(cfg).to(dist.device)
+    target = model.target_encoder
+    engine = build_engine(model.trainable, cfg, world_size=dist.world_size,
+                          load_universal=checkpointer.needs_universal(point))
+    zero3 = cfg.deepspeed.zero_stage == 3
+    init_target(target, engine.module.context_encoder, zero3=zero3)
+    state = checkpointer.resume(engine, target)  # restores each rank's RNG streams too
+    if state is None:
+        seed_rng(cfg.seed, dist.rank)  # ranks draw different dropout / augmentation noise
+        log.info("starting %s from step 0 (no checkpoint in %s)", out, checkpointer.root)
+
+    grid = input_grid(cfg)
+    stream = build_train_loader(cfg, rank=dist.rank, world_size=dist.world_size,
+                                collate_masks=build_mask_generator(cfg.mask, grid),
+                                start=state.data_position if state else None)
+    samples_per_step = cfg.data.batch_size * cfg.deepspeed.grad_accum_steps * dist.world_size
+    metrics = MetricLogger(tb_dir=out / "tb" if cfg.logging.tensorboard else None,
+                           total_steps=cfg.optim.total_steps, samples_per_step=samples_per_step,
+                           tokens_per_sample=math.prod(grid), is_main=dist.is_main)
+    metrics.add_text("config", to_yaml(cfg))
+    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.trainable.parameters())  # ZeRO-3 partitions
+    log.info("%d ranks on %s, %.2fM trainable parameters, ZeRO-%d, bf16=%s, token grid %s",
+             dist.world_size, dist.device, n_params / 1e6, cfg.deepspeed.zero_stage, cfg.deepspeed.bf16, grid)
+    return Run(cfg=cfg, dist=dist, model=model, engine=engine, target=target, checkpointer=checkpointer,
+               stream=stream, schedules=Schedules.from_config(cfg), metrics=metrics,
+               start_step=state.step if state else 0)

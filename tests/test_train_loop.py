@@ -1,0 +1,121 @@
+"""`jepa train` end to end on synthetic shards: run folder, TensorBoard scalars, exact resume, export."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from jepa import config
+from jepa.data.write import write_synthetic
+
+EXPECTED_SCALARS = {
+    "loss/total", "loss/level0", "loss/level1", "loss/level2", "optim/lr", "optim/weight_decay",
+    "optim/ema_momentum", "optim/grad_norm", "time/samples_per_s", "time/tokens_per_s",
+    "time/data_wait_frac", "time/step_s", "memory/peak_gb", "mask/context_ratio", "mask/target_ratio",
+    "repr/target_std", "repr/effective_rank",
+}
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("synth")
+    write_synthetic(out, kind="image", n=64, classes=4, size=64, frames=1, seed=0, shard_size=16, progress=False)
+    return str(out / "shard-{000000..000003}.tar")
+
+
+def overrides(shards: str, out: Path, **extra) -> list[str]:
+    base = {"output_dir": str(out), "data.sources": f"[{{urls: '{shards}', kind: image}}]",
+            "data.batch_size": 4, "data.num_workers": 1, "data.samples_per_epoch": 32,
+            "optim.total_steps": 8, "optim.warmup_steps": 2, "logging.every_steps": 1,
+            "logging.repr_every_steps": 4, "checkpoint.every_steps": 4}
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def jepa_train(args: list[str], *, nproc: int = 1, ok: bool = True) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] if nproc > 1 else []
+    proc = subprocess.run([sys.executable, *launcher, "-m", "jepa.cli", "train", "small/demo", *args],
+                          env=env, capture_output=True, text=True, timeout=600)
+    if (proc.returncode == 0) != ok:
+        raise AssertionError(f"exit {proc.returncode}:\n" + "\n".join((proc.stdout + proc.stderr).splitlines()[-30:]))
+    return proc
+
+
+def train_straight_and_parted(shards: str, tmp: Path, *, nproc: int = 1, **extra) -> tuple[Path, Path]:
+    """The same 8 steps twice: in one job, and as a job stopped at step 4 plus a job that resumes."""
+    straight, parted = tmp / "straight", tmp / "parted"
+    jepa_train(overrides(shards, straight, **extra), nproc=nproc)
+    first = jepa_train(overrides(shards, parted, **{"checkpoint.stop_at_step": 4}, **extra), nproc=nproc)
+    assert "starting" in first.stdout and "step 4/8" in first.stdout
+    second = jepa_train(overrides(shards, parted, **extra), nproc=nproc)
+    assert "resuming from" in second.stdout and "step_00000004" in second.stdout
+    return straight, parted
+
+
+def assert_same_run(a_dir: Path, b_dir: Path, *, rtol: float = 1e-5) -> None:
+    a, b = scalars(a_dir)["loss/total"], scalars(b_dir)["loss/total"]
+    assert sorted(a) == sorted(b) == list(range(1, 9))
+    for step in range(1, 9):
+        assert b[step] == pytest.approx(a[step], rel=rtol, abs=1e-6), f"loss differs at step {step}"
+    ema_a = torch.load(a_dir / "checkpoints/step_00000008/ema_target.pt")
+    ema_b = torch.load(b_dir / "checkpoints/step_00000008/ema_target.pt")
+    for name in ema_a:
+        torch.testing.assert_close(ema_b[name], ema_a[name], rtol=rtol, atol=1e-6)
+
+
+def scalars(run_dir: Path) -> dict[str, dict[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tb"))
+    acc.Reload()
+    return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
+
+
+@pytest.mark.slow
+def test_run_folder_tensorboard_exact_resume_and_export(shards, tmp_path):
+    straight, parted = train_straight_and_parted(shards, tmp_path)
+    assert (straight / "config.yaml").is_file() and "step 8/8" in (straight / "train.log").read_text()
+    assert config.load(straight / "config.yaml").optim.total_steps == 8  # the resolved config reloads
+    assert (straight / "checkpoints" / "latest").read_text() == "step_00000008"
+    tb = scalars(straight)
+    assert EXPECTED_SCALARS <= set(tb), f"missing: {EXPECTED_SCALARS - set(tb)}"
+    assert_same_run(straight, parted)
+
+    # Export: the consolidated file holds exactly the EMA target encoder of the last checkpoint.
+    from jepa.cli import main
+
+    out = tmp_path / "encoder.safetensors"
+    assert main(["export", str(straight), str(out)]) == 0
+    ema = torch.load(straight / "checkpoints/step_00000008/ema_target.pt")
+    exported = load_file(out)
+    assert exported.keys() == ema.keys()
+    for name in ema:
+        assert torch.equal(exported[name], ema[name].float())
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_ranks_zero3_bf16_exact_resume(shards, tmp_path):
+    straight, parted = train_straight_and_parted(shards, tmp_path, nproc=2,
+                                                 **{"deepspeed.zero_stage": 3, "deepspeed.bf16": "true"})
+    assert "2 ranks" in (straight / "train.log").read_text()
+    assert_same_run(straight, parted)
+
+
+@pytest.mark.slow
+def test_refusals_before_any_work(shards, tmp_path):
+    run = tmp_path / "run"
+    jepa_train(overrides(shards, run, **{"optim.total_steps": 2, "checkpoint.every_steps": 2}))
+    other_model = jepa_train(overrides(shards, run, **{"model.embed_dim": 96, "optim.total_steps": 4}), ok=False)
+    assert "model.embed_dim" in other_model.stderr and "Traceback" not in other_model.stderr
+    no_resume = jepa_train(overrides(shards, run, **{"checkpoint.resume": "false", "optim.total_steps": 4}), ok=False)
+    assert "checkpoint.resume=false" in no_resume.stderr
+    assert (run / "checkpoints" / "latest").read_text() == "step_00000002"  # nothing was overwritten
