@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -29,8 +30,8 @@ def shards(tmp_path_factory) -> str:
     return str(out / "shard-{000000..000003}.tar")
 
 
-def overrides(shards: str, out: Path, **extra) -> list[str]:
-    base = {"output_dir": str(out), "data.sources": f"[{{urls: '{shards}', kind: image}}]",
+def overrides(shards: str, out: Path, kind: str = "image", **extra) -> list[str]:
+    base = {"output_dir": str(out), "data.sources": f"[{{urls: '{shards}', kind: {kind}}}]",
             "data.batch_size": 4, "data.num_workers": 1, "data.samples_per_epoch": 32,
             "optim.total_steps": 8, "optim.warmup_steps": 2, "logging.every_steps": 1,
             "logging.repr_every_steps": 4, "checkpoint.every_steps": 4}
@@ -38,11 +39,12 @@ def overrides(shards: str, out: Path, **extra) -> list[str]:
     return [f"{k}={v}" for k, v in base.items()]
 
 
-def jepa_train(args: list[str], *, nproc: int = 1, ok: bool = True) -> subprocess.CompletedProcess:
+def jepa_train(args: list[str], *, nproc: int = 1, ok: bool = True,
+               config_name: str = "small/demo") -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] if nproc > 1 else []
-    proc = subprocess.run([sys.executable, *launcher, "-m", "jepa.cli", "train", "small/demo", *args],
+    proc = subprocess.run([sys.executable, *launcher, "-m", "jepa.cli", "train", config_name, *args],
                           env=env, capture_output=True, text=True, timeout=600)
     if (proc.returncode == 0) != ok:
         raise AssertionError(f"exit {proc.returncode}:\n" + "\n".join((proc.stdout + proc.stderr).splitlines()[-30:]))
@@ -119,3 +121,20 @@ def test_refusals_before_any_work(shards, tmp_path):
     no_resume = jepa_train(overrides(shards, run, **{"checkpoint.resume": "false", "optim.total_steps": 4}), ok=False)
     assert "checkpoint.resume=false" in no_resume.stderr
     assert (run / "checkpoints" / "latest").read_text() == "step_00000002"  # nothing was overwritten
+
+
+@pytest.mark.slow
+def test_video_jepa_trains_on_synthetic_clips(tmp_path):
+    data = tmp_path / "clips"
+    write_synthetic(data, kind="video", n=16, classes=4, size=64, frames=20, seed=0, shard_size=4, progress=False)
+    run = tmp_path / "video"
+    args = overrides(str(data / "shard-{000000..000003}.tar"), run, kind="video",
+                     **{"optim.total_steps": 4, "optim.warmup_steps": 1, "logging.repr_every_steps": 2,
+                        "checkpoint.every_steps": 4})
+    proc = jepa_train(args, config_name="small/vjepa_vitl16")
+    assert "token grid (4, 8, 8)" in proc.stdout
+    tb = scalars(run)
+    assert sorted(tb["loss/total"]) == [1, 2, 3, 4]
+    assert all(math.isfinite(v) and v > 0 for v in tb["loss/total"].values())
+    assert tb["mask/context_ratio"][4] < 0.5  # V-JEPA masks hide most of the clip
+    assert (run / "checkpoints" / "latest").read_text() == "step_00000004"
