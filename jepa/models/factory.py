@@ -11,7 +11,8 @@ import math
 
 import torch.nn as nn
 
-from jepa.config import Config, vit_dims
+from jepa.config import Config
+from jepa.config_rules import vit_dims
 from jepa.errors import ConfigError
 from jepa.models.hierarchy import levels_from_config
 from jepa.models.jepa import JEPA
