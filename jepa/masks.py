@@ -18,7 +18,6 @@ inside a batch; where they do, longer rows lose random tokens (never a fixed cor
 
 from __future__ import annotations
 
-import hashlib
 import math
 import operator
 from abc import ABC, abstractmethod
@@ -29,6 +28,7 @@ import torch
 
 from jepa.config import BlockMaskConfig, MaskConfig
 from jepa.errors import ConfigError
+from jepa.seeding import derive_seed
 
 Grid3 = tuple[int, int, int]
 
@@ -89,13 +89,9 @@ def equal_length_indices(mask: torch.Tensor, generator: torch.Generator) -> torc
 
 
 def mask_rng(seed: int, rank: int, worker: int, step: int) -> torch.Generator:
-    """A CPU generator for one batch's masks, seeded by a hash of (seed, rank, worker, step).
-
-    A hash rather than a sum: seed + rank would give seed 1 / rank 0 the stream of seed 0 / rank 1.
-    """
+    """A CPU generator for one batch's masks, seeded by a hash of (seed, rank, worker, step)."""
     values = [operator.index(v) for v in (seed, rank, worker, step)]
-    digest = hashlib.blake2b(":".join(map(str, values)).encode(), digest_size=8, person=b"jepa-mask")
-    return torch.Generator().manual_seed(int.from_bytes(digest.digest(), "little"))
+    return torch.Generator().manual_seed(derive_seed(*values, purpose="jepa-mask"))
 
 
 # ----------------------------------------------------------------------------- blocks

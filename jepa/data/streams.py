@@ -24,6 +24,7 @@ from webdataset.tariterators import base_plus_ext
 
 from jepa.data.skips import SkipLog
 from jepa.errors import UserError
+from jepa.seeding import derive_seed
 
 
 @dataclass
@@ -173,9 +174,5 @@ def mixed(streams: Sequence[Iterator[RawSample]], weights: Sequence[float],
 
 
 def stream_rng(*parts: object) -> random.Random:
-    """A `random.Random` seeded by its parts (e.g. seed, rank, worker, epoch, purpose).
-
-    A string seed is hashed with SHA-512 by `random`, so the stream is the same in every process
-    and Python version, and (seed=1, rank=0) never collides with (seed=0, rank=1).
-    """
-    return random.Random("jepa-data/" + "/".join(map(str, parts)))
+    """A `random.Random` seeded by its parts (e.g. seed, rank, worker, epoch, purpose)."""
+    return random.Random(derive_seed(*parts, purpose="jepa-data"))

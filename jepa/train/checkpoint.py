@@ -37,6 +37,7 @@ import torch.nn as nn
 
 from jepa.config import Config, to_dict
 from jepa.errors import UserError
+from jepa.seeding import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -146,10 +147,9 @@ def seed_rng(seed: int, rank: int, step: int = 0) -> None:
 
     Call it after building the model (whose initial weights must not depend on the rank).
     """
-    words = np.random.SeedSequence([seed, rank, step]).generate_state(2)
-    value = int(words[0]) << 32 | int(words[1])
+    value = derive_seed(seed, rank, step, purpose="jepa-rng")
     random.seed(value)
-    np.random.seed(int(words[0]))
+    np.random.seed(value % 2**32)
     torch.manual_seed(value)
 
 
