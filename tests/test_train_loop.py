@@ -122,6 +122,13 @@ def test_refusals_before_any_work(shards, tmp_path):
     assert "checkpoint.resume=false" in no_resume.stderr
     assert (run / "checkpoints" / "latest").read_text() == "step_00000002"  # nothing was overwritten
 
+    fresh = tmp_path / "fresh"
+    no_data = jepa_train([f"output_dir={fresh}", "data.sources=[]"], ok=False)
+    assert "data.sources is empty" in no_data.stderr
+    video_source = jepa_train(overrides(shards, fresh, kind="video"), ok=False)
+    assert "data.sources[0].kind" in video_source.stderr
+    assert not fresh.exists()  # refused before the run folder was written
+
 
 @pytest.mark.slow
 def test_video_jepa_trains_on_synthetic_clips(tmp_path):

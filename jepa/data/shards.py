@@ -213,6 +213,21 @@ class TrainStream:
                         self._epoch, self._batch)
 
 
+def check_train_data(cfg: Config) -> SampleSpec:
+    """The data settings a training run needs, checked without reading any shard (call it before
+    any work); returns the training sample spec."""
+    d = cfg.data
+    if not d.sources:
+        raise ConfigError("data.sources is empty: give at least one {urls, kind, weight} source to train on")
+    if d.samples_per_epoch // d.batch_size < 1:
+        raise ConfigError(f"data.samples_per_epoch={d.samples_per_epoch} is below data.batch_size="
+                          f"{d.batch_size}: an epoch would hold no batch; raise samples_per_epoch")
+    spec = SampleSpec.from_config(cfg, train=True)
+    if spec.clip_frames:
+        require_decoder(d.decoder)
+    return spec
+
+
 def build_train_loader(cfg: Config, *, rank: int, world_size: int, collate_masks: Callable | None,
                        start: DataPosition | None) -> TrainStream:
     """The training stream of `rank` (of `world_size`) for `cfg.data`; see `TrainStream`.
@@ -220,18 +235,11 @@ def build_train_loader(cfg: Config, *, rank: int, world_size: int, collate_masks
     `collate_masks(batch_size, generator) -> masks` runs in the workers once per batch (e.g. a
     `jepa.masks.MaskGenerator`; it must be picklable). `start` is a saved `TrainStream.position()`.
     """
-    d = cfg.data
-    if not d.sources:
-        raise ConfigError("data.sources is empty: give at least one {urls, kind, weight} source to train on")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+    spec = check_train_data(cfg)
+    d = cfg.data
     batches = d.samples_per_epoch // d.batch_size
-    if batches < 1:
-        raise ConfigError(f"data.samples_per_epoch={d.samples_per_epoch} is below data.batch_size="
-                          f"{d.batch_size}: an epoch would hold no batch; raise samples_per_epoch")
-    spec = SampleSpec.from_config(cfg, train=True)
-    if spec.clip_frames:
-        require_decoder(d.decoder)
     plan = _TrainPlan(
         sources=tuple((tuple(streams.expand_urls(s.urls)), s.kind, float(s.weight)) for s in d.sources),
         spec=spec, seed=cfg.seed, rank=rank, batch_size=d.batch_size, batches_per_epoch=batches,

@@ -1,7 +1,7 @@
 """Everything a training run needs before its first step, built in the one safe order.
 
-Order matters: the config is validated and the resume point is checked (a refused resume must fail
-before anything is written), then the run folder, the model, the engine (which must know whether
+Order matters: whatever can refuse the run (the resume point, data settings, model and mask
+consistency) is checked before the run folder is written; then the engine (which must know whether
 it will load a universal checkpoint), the resumed state, and last the data stream positioned
 where the checkpoint left it.
 """
@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from jepa.config import Config, to_yaml
-from jepa.data.shards import TrainStream, build_train_loader
+from jepa.data.shards import TrainStream, build_train_loader, check_train_data
 from jepa.masks import build_mask_generator
 from jepa.models.factory import build_jepa, input_grid
 from jepa.models.jepa import JEPA
@@ -68,8 +68,15 @@ def setup_logging(output_dir: Path, is_main: bool) -> None:
 
 def build_run(cfg: Config) -> Run:
     dist = init_distributed()
+    # Everything that can refuse the run does so before anything is written: the resume point,
+    # the data settings, the model (config consistency) and the masks (min_keep).
     checkpointer = Checkpointer(cfg, rank=dist.rank, world_size=dist.world_size)
-    point = checkpointer.resume_point()  # refusals happen here, before anything is written
+    point = checkpointer.resume_point()
+    check_train_data(cfg)
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = build_jepa(cfg).to(dist.device)
+    grid = input_grid(cfg)
+    mask_generator = build_mask_generator(cfg.mask, grid)
     out = Path(cfg.output_dir)
     if dist.is_main:
         (out / "tb").mkdir(parents=True, exist_ok=True)
@@ -77,8 +84,6 @@ def build_run(cfg: Config) -> Run:
     torch.distributed.barrier()
     setup_logging(out, dist.is_main)
 
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = build_jepa(cfg).to(dist.device)
     target = model.target_encoder
     engine = build_engine(model.trainable, cfg, world_size=dist.world_size,
                           load_universal=checkpointer.needs_universal(point))
@@ -89,9 +94,7 @@ def build_run(cfg: Config) -> Run:
         seed_rng(cfg.seed, dist.rank)  # ranks draw different dropout / augmentation noise
         log.info("starting %s from step 0 (no checkpoint in %s)", out, checkpointer.root)
 
-    grid = input_grid(cfg)
-    stream = build_train_loader(cfg, rank=dist.rank, world_size=dist.world_size,
-                                collate_masks=build_mask_generator(cfg.mask, grid),
+    stream = build_train_loader(cfg, rank=dist.rank, world_size=dist.world_size, collate_masks=mask_generator,
                                 start=state.data_position if state else None)
     samples_per_step = cfg.data.batch_size * cfg.deepspeed.grad_accum_steps * dist.world_size
     metrics = MetricLogger(tb_dir=out / "tb" if cfg.logging.tensorboard else None,
