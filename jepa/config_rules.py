@@ -50,6 +50,12 @@ def vit_dims(model: ModelConfig) -> VitDims:
     )
 
 
+def is_video_model(cfg: Config) -> bool:
+    """The model takes clips (3D token grid): MViT, 3D RoPE, or 3D / tube masks."""
+    m = cfg.model
+    return m.backbone == "mvit_v2_s" or m.rope.kind == "3d" or cfg.mask.kind != "multiblock2d"
+
+
 def encoder_depth(model: ModelConfig) -> int:
     """Number of blocks of the encoder the hierarchy levels index into."""
     return 16 if model.backbone == "mvit_v2_s" else vit_dims(model).depth
@@ -102,7 +108,7 @@ def validate(cfg: Config) -> None:
     _positive("model.mlp_ratio", m.mlp_ratio)
     if not 0 <= m.drop_path < 1:
         _fail("model.drop_path", m.drop_path, "must lie in [0, 1)")
-    video = m.backbone == "mvit_v2_s" or r.kind == "3d" or cfg.mask.kind != "multiblock2d"
+    video = is_video_model(cfg)
     if m.backbone == "vit":
         dims = vit_dims(m)
         _check_heads("model", dims.embed_dim, dims.num_heads, r)

@@ -222,9 +222,14 @@ def check_train_data(cfg: Config) -> SampleSpec:
     if d.samples_per_epoch // d.batch_size < 1:
         raise ConfigError(f"data.samples_per_epoch={d.samples_per_epoch} is below data.batch_size="
                           f"{d.batch_size}: an epoch would hold no batch; raise samples_per_epoch")
-    spec = SampleSpec.from_config(cfg, train=True)
+    return _sample_spec(cfg, train=True)
+
+
+def _sample_spec(cfg: Config, *, train: bool) -> SampleSpec:
+    """The decode/transform spec; video needs its decoder installed, checked before any work."""
+    spec = SampleSpec.from_config(cfg, train=train)
     if spec.clip_frames:
-        require_decoder(d.decoder)
+        require_decoder(cfg.data.decoder)
     return spec
 
 
@@ -318,9 +323,15 @@ class EvalStream:
 
     def expected_samples(self) -> int | None:
         """Samples in this rank's shards by the manifest.json beside them, or None if unknown."""
+        manifests: dict[Path, dict[str, int] | None] = {}  # one read per folder, not per shard
         total = 0
         for url in self.shards:
-            count = _manifest_count(url)
+            path = _local_path(url)
+            if path is None:
+                return None
+            if path.parent not in manifests:
+                manifests[path.parent] = _manifest_counts(path.parent)
+            count = (manifests[path.parent] or {}).get(path.name)
             if count is None:
                 return None
             total += count
@@ -353,9 +364,7 @@ def build_eval_loader(urls: str, *, cfg: Config, rank: int, world_size: int, bat
         raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    spec = SampleSpec.from_config(cfg, train=False)
-    if spec.clip_frames:
-        require_decoder(cfg.data.decoder)
+    spec = _sample_spec(cfg, train=False)
     shards = tuple(streams.expand_urls(urls)[rank::world_size])
     plan = _EvalPlan(shards, spec, batch_size, where=f"eval rank {rank}")
     return EvalStream(plan, num_workers=cfg.data.num_workers, max_error_fraction=cfg.data.max_error_fraction,
@@ -402,12 +411,17 @@ def _loader(data: IterableDataset, num_workers: int) -> DataLoader:
     return DataLoader(data, batch_size=None, num_workers=num_workers, prefetch_factor=2 if num_workers else None)
 
 
-def _manifest_count(url: str) -> int | None:
-    path = Path(url[len("file:"):] if url.startswith("file:") else url)
+def _local_path(url: str) -> Path | None:
+    """The file a shard URL names, or None for pipes and remote URLs."""
     if "://" in url or url.startswith("pipe:"):
         return None
+    return Path(url[len("file:"):] if url.startswith("file:") else url)
+
+
+def _manifest_counts(folder: Path) -> dict[str, int] | None:
+    """{shard file name: samples} from the manifest.json `jepa data` writes, or None."""
     try:
-        manifest = json.loads((path.parent / "manifest.json").read_text())
+        manifest = json.loads((folder / "manifest.json").read_text())
     except (OSError, ValueError):
         return None
-    return {s["name"]: s["samples"] for s in manifest.get("shards", [])}.get(path.name)
+    return {s["name"]: s["samples"] for s in manifest.get("shards", [])}

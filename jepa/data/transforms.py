@@ -30,6 +30,7 @@ from torch.utils.data import default_collate
 from torchvision.transforms.v2 import functional as TF
 
 from jepa.config import Config
+from jepa.config_rules import is_video_model
 from jepa.data.skips import SampleSkip
 from jepa.data.streams import RawSample
 from jepa.data.video import clip_step, open_video, sample_frame_indices
@@ -169,9 +170,7 @@ class SampleSpec:
 
 def uses_clips(cfg: Config) -> bool:
     """Whether batches hold clips: any video source, or a video model. Images then become static clips."""
-    m = cfg.model
-    video_model = m.backbone == "mvit_v2_s" or m.rope.kind == "3d" or cfg.mask.kind != "multiblock2d"
-    return video_model or any(s.kind == "video" for s in cfg.data.sources)
+    return is_video_model(cfg) or any(s.kind == "video" for s in cfg.data.sources)
 
 
 def parse_label(members: dict[str, bytes]) -> int:

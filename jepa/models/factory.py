@@ -12,7 +12,7 @@ import math
 import torch.nn as nn
 
 from jepa.config import Config
-from jepa.config_rules import vit_dims
+from jepa.config_rules import is_video_model, vit_dims
 from jepa.errors import ConfigError
 from jepa.models.hierarchy import levels_from_config
 from jepa.models.jepa import JEPA
@@ -25,7 +25,7 @@ from jepa.models.vit import VisionTransformer
 def is_video(cfg: Config) -> bool:
     """True for a video model (clips in, 3D token grid), after checking the config agrees with itself."""
     m = cfg.model
-    video = m.backbone == "mvit_v2_s" or m.rope.kind == "3d" or cfg.mask.kind != "multiblock2d"
+    video = is_video_model(cfg)
     if video and m.rope.kind == "2d":
         raise ConfigError(f"model.rope.kind = '2d' with a video model (model.backbone = {m.backbone!r}, "
                           f"mask.kind = {cfg.mask.kind!r}): use model.rope.kind = '3d'")

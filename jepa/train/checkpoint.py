@@ -116,6 +116,16 @@ def latest_checkpoint(root: Path) -> CheckpointInfo | None:
     return complete[-1] if complete else None
 
 
+def require_latest(run_dir: str | Path) -> CheckpointInfo:
+    """The checkpoint a run folder would resume from; a UserError when it has none."""
+    root = Path(run_dir) / "checkpoints"
+    info = latest_checkpoint(root)
+    if info is None:
+        raise UserError(f"{run_dir}: no complete checkpoint under {root}; "
+                        f"give the run folder (output_dir) of a run that has saved one")
+    return info
+
+
 def _tag_step(name: str, *, universal: bool | None) -> int | None:
     """Step of a tag folder name (`universal`: None = either form, True/False = only that form)."""
     m = _TAG.match(name)
@@ -386,11 +396,8 @@ def export_target(run_dir: str | Path, out_file: str | Path) -> Path:
     """
     from safetensors.torch import save_file
 
-    run_dir, out_file = Path(run_dir), Path(out_file)
-    info = latest_checkpoint(run_dir / "checkpoints")
-    if info is None:
-        raise UserError(f"{run_dir}: no complete checkpoint under {run_dir / 'checkpoints'}; "
-                        f"give the run folder (output_dir) of a run that has saved one")
+    out_file = Path(out_file)
+    info = require_latest(run_dir)
     state = torch.load(info.path / EMA_FILE, map_location="cpu", weights_only=True)
     # Own, contiguous copies: safetensors refuses tensors that share storage (tied weights).
     tensors = {k: (v.float() if v.is_floating_point() else v).contiguous().clone() for k, v in state.items()}

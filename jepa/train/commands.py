@@ -37,15 +37,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     export.set_defaults(func=export_command)
 
 
-def _latest(run: str):
-    from jepa.train.checkpoint import latest_checkpoint
-
-    info = latest_checkpoint(Path(run) / "checkpoints")
-    if info is None:
-        raise UserError(f"{run}: no complete checkpoint under {Path(run) / 'checkpoints'}")
-    return info
-
-
 def list_command(args: argparse.Namespace) -> int:
     from jepa.train.checkpoint import committed_checkpoints
 
@@ -59,9 +50,9 @@ def list_command(args: argparse.Namespace) -> int:
 
 
 def reshape_command(args: argparse.Namespace) -> int:
-    from jepa.train.checkpoint import convert_to_universal
+    from jepa.train.checkpoint import convert_to_universal, require_latest
 
-    info = _latest(args.run)
+    info = require_latest(args.run)
     if info.zero_stage == 0:
         print(f"{info.path}: ZeRO 0 checkpoints load on any world size as they are; nothing to do")
         return 0
