@@ -10,8 +10,8 @@ from torchvision.models.video.mvit import MultiscaleAttention
 
 import jepa.models.mvit as mvit_mod
 from jepa.config import RopeConfig
-from jepa.models.mvit import (MViTEncoder, MViTRope, RopeMultiscaleAttention, build_mvit_v2_s, mvit_block_grids,
-                              stage0_grid)
+from jepa.models.mvit import (PATCH_STRIDE, MViTEncoder, MViTRope, RopeMultiscaleAttention, build_mvit_v2_s,
+                              expand_cells, mvit_block_grids, stage0_grid)
 from jepa.models.rope import RotaryEmbedding
 
 CLIP = dict(num_frames=4, img_size=64)  # stage-0 grid 2 x 16 x 16: small enough for CPU tests
@@ -174,6 +174,35 @@ def test_token_mask_replaces_stage0_tokens(torchvision_model, clip):
         assert torch.equal(enc(clip, token_mask=torch.zeros(1, 512, dtype=torch.bool))["pooled"], plain)
     with pytest.raises(ValueError, match=r"\(1, 512\).*\(1, 500\)"):
         enc(clip, token_mask=torch.zeros(1, 500, dtype=torch.bool))
+
+
+def test_masked_pixels_do_not_reach_visible_tokens(torchvision_model, clip):
+    enc = _encoder(torchvision_model, rope=ROPE)
+    # output grid 2x2x2, each output cell a 1x8x8 box of stage-0 cells: hide 5 of the 8 output cells
+    hidden = torch.tensor([[False, True, True, False, True, True, False, True]])
+    token_mask = expand_cells(hidden, grid=(2, 2, 2), factors=(1, 8, 8)).flatten(1)        # (1, 512) stage 0
+    pixels = expand_cells(token_mask, grid=enc.stage0, factors=PATCH_STRIDE)[:, None]     # (1, 1, 4, 64, 64)
+    assert pixels.float().mean().item() == pytest.approx(5 / 8)
+    torch.manual_seed(2)
+    noise = torch.randn_like(clip) * 3
+    other_masked = torch.where(pixels, noise, clip)          # new content in the masked cells only
+    other_visible = torch.where(pixels, clip, noise)         # new content in the visible cells only
+    # the patch conv (kernel 3x7x7, stride 2x4x4) reads across cell borders: unzeroed, masked pixels
+    # would reach the visible stage-0 cells next to them
+    with torch.no_grad():
+        conv = [enc.conv_proj(c).flatten(2).transpose(1, 2)[~token_mask] for c in (clip, other_masked)]
+        assert not torch.equal(*conv)
+
+        def run(x):
+            out = enc(x, token_mask=token_mask, return_blocks=[0])
+            return out["tokens"], out["blocks"][0][0]
+
+        tokens, block0 = run(clip)
+        masked_tokens, masked_block0 = run(other_masked)
+        visible_tokens, _ = run(other_visible)
+    assert torch.equal(masked_tokens, tokens) and torch.equal(masked_block0, block0)
+    visible = ~hidden[0]
+    assert (visible_tokens[0, visible] - tokens[0, visible]).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("how", ["autocast", "module_bf16"])

@@ -1,19 +1,24 @@
-"""Hierarchy levels (H-JEPA): targets pooled on the token grid and predictions pooled on the same cells.
+"""Hierarchy levels (H-JEPA): targets and predictions averaged over the same tokens of grid cells.
 
 A level pools the target encoder's features of one block over cells of `pool` tokens per grid axis
-(2D for images, 3D for video; the flattened sequence is never pooled). Grids that a factor does not
-divide are pooled in ceil mode: the last cell along an axis is partial and averages the tokens it
-holds. Everything is index arithmetic on cell ids (`scatter_add`), so no Python loop touches tokens.
+(2D for images, 3D for video; the flattened sequence is never pooled). Pooling is mask-aware: the
+cell of a target block averages only that block's target tokens in the cell, on both sides (the
+predictions and the layer-normed target features), so a cell that a block covers in part never
+draws its target from tokens the context encoder sees. Grids that a factor does not divide get
+partial last cells (ceil mode). Everything is index arithmetic on cell ids (`scatter_add`), so no
+Python loop touches tokens and nothing waits on the device.
 
 A level's features may sit on a finer grid than the tokens the predictor predicts (MViT blocks
-before the last stage): `token_cells` maps each output token to the pooled cell it falls in, and
-requires that a token never straddles two cells.
+before the last stage): each output token then stands for the mean of the box of level tokens it
+covers (`level_targets`), and `token_cells` maps it to the pooled cell it falls in, requiring that
+a token never straddles two cells.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -78,9 +83,19 @@ def pool_tokens(x: torch.Tensor, grid: tuple[int, ...], pool: tuple[int, ...]) -
     return sums / counts[None, :, None]
 
 
-def level_targets(x: torch.Tensor, grid: tuple[int, ...], pool: tuple[int, ...]) -> torch.Tensor:
-    """A level's targets: layer norm without affine over channels, then pooled on the grid."""
-    return pool_tokens(F.layer_norm(x.float(), x.shape[-1:]), grid, pool)
+def level_targets(x: torch.Tensor, *, level_grid: tuple[int, ...], out_grid: tuple[int, ...]) -> torch.Tensor:
+    """A level's target per output token: layer norm without affine over channels, per level token,
+    then the mean over the box of level tokens each output token covers -> (B, prod(out_grid), C) fp32.
+
+    Every box holds the same number of level tokens, so a later mean of box means over any set of
+    output tokens is exactly the mean over the level tokens they cover.
+    """
+    box = []
+    for n_lvl, n_out in zip(level_grid, out_grid, strict=True):
+        if n_lvl % n_out:
+            raise ValueError(f"a level on grid {level_grid} cannot be split into the boxes of output grid {out_grid}")
+        box.append(n_lvl // n_out)
+    return pool_tokens(F.layer_norm(x.float(), x.shape[-1:]), level_grid, tuple(box))
 
 
 def token_cells(out_grid: tuple[int, ...], level_grid: tuple[int, ...], pool: tuple[int, ...],
@@ -104,27 +119,68 @@ def token_cells(out_grid: tuple[int, ...], level_grid: tuple[int, ...], pool: tu
     return ids.flatten()
 
 
-def pooled_loss(pred: torch.Tensor, target: torch.Tensor, cells: torch.Tensor, num_cells: int,
-                *, kind: str) -> torch.Tensor:
-    """Loss between cell means of predicted tokens and the pooled targets of those cells.
+@dataclass
+class LevelTarget:
+    """One level's targets for one mask set, aligned with the concatenated target indices."""
 
-    pred (B, K, C): predicted tokens; target (B, K, C): the pooled target of each token's cell
-    (equal within a cell); cells (B, K) int64 in [0, num_cells): a token's cell (distinct blocks
-    carry distinct ids). Every cell holding at least one prediction counts once, whatever its
-    number of tokens; cells without predictions do not count.
+    value: torch.Tensor
+    """(B, Kt, C) fp32: for each target token, the mean of the layer-normed target features over the
+    target tokens of its block in its cell (what the prediction side averages too)."""
+    cells: Optional[torch.Tensor]
+    """(B, Kt) int64 cell ids, block j's offset by j x cells per block so that blocks never share a
+    cell; None when the level does not pool (each token is its own cell: the plain per-token loss)."""
+    num_cells: int
+    """Number of possible cell ids (target blocks x pooled cells)."""
+
+
+def gather_level(features: torch.Tensor, blocks: list[torch.Tensor], *, cell_of_token: Optional[torch.Tensor],
+                 cells_per_block: int) -> LevelTarget:
+    """A level's targets at the target blocks' indices (B, Kt_j), pooled per (block, cell).
+
+    features (B, N, C): the level's per-output-token targets (`level_targets`); cell_of_token (N,): the
+    pooled cell of each output token (`token_cells`), None for a level that does not pool.
     """
-    B, K, C = pred.shape
-    assert target.shape == pred.shape and cells.shape == (B, K), (pred.shape, target.shape, cells.shape)
-    pred = pred.float()
-    sums = pred.new_zeros(B, num_cells, C).scatter_add(1, cells[..., None].expand(B, K, C), pred)
-    counts = pred.new_zeros(B, num_cells).scatter_add(1, cells, pred.new_ones(B, K))
-    count = counts.gather(1, cells)                                  # tokens in each token's cell
-    cell_mean = sums.gather(1, cells[..., None].expand(B, K, C)) / count[..., None]
-    if kind == "l1":
-        per_token = F.l1_loss(cell_mean, target, reduction="none").mean(-1)
-    elif kind == "smooth_l1":
-        per_token = F.smooth_l1_loss(cell_mean, target, reduction="none").mean(-1)
-    else:
+    idx = torch.cat(blocks, dim=1)
+    value = features.gather(1, idx[..., None].expand(-1, -1, features.shape[-1]))
+    if cell_of_token is None:
+        return LevelTarget(value=value, cells=None, num_cells=idx.shape[1])
+    offsets = torch.cat([torch.full_like(b, j * cells_per_block) for j, b in enumerate(blocks)], dim=1)
+    cells = cell_of_token[idx] + offsets
+    num_cells = cells_per_block * len(blocks)
+    return LevelTarget(value=cell_mean(value, cells, num_cells)[0], cells=cells, num_cells=num_cells)
+
+
+def cell_mean(x: torch.Tensor, cells: torch.Tensor, num_cells: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per token, the mean of x (B, K, C) over the tokens sharing its cell id (B, K) in [0, num_cells).
+
+    Returns the means (B, K, C) and the number of tokens of every cell (B, num_cells). Both the targets
+    and the predictions of a level go through here, so they always average the same tokens.
+    """
+    B, K, C = x.shape
+    assert cells.shape == (B, K), (x.shape, cells.shape)
+    index = cells[..., None].expand(B, K, C)
+    sums = x.new_zeros(B, num_cells, C).scatter_add(1, index, x)
+    counts = x.new_zeros(B, num_cells).scatter_add(1, cells, x.new_ones(B, K))
+    return sums.gather(1, index) / counts.gather(1, cells)[..., None], counts
+
+
+_LOSSES = {"l1": F.l1_loss, "smooth_l1": F.smooth_l1_loss}
+
+
+def pooled_loss(pred: torch.Tensor, target: LevelTarget, *, kind: str) -> torch.Tensor:
+    """Loss between the cell means of predicted tokens (B, Kt, C) and the cell means of their targets.
+
+    Every (block, cell) holding at least one target token counts once, whatever its number of tokens.
+    """
+    assert target.value.shape == pred.shape, (pred.shape, target.value.shape)
+    if kind not in _LOSSES:
         raise ValueError(f"hierarchy.loss = {kind!r}: expected l1 or smooth_l1")
+    loss = _LOSSES[kind]
+    pred = pred.float()
+    if target.cells is None:
+        return loss(pred, target.value)
+    cell_pred, counts = cell_mean(pred, target.cells, target.num_cells)
+    per_token = loss(cell_pred, target.value, reduction="none").mean(-1)
     # A cell of n tokens contributes n copies of its loss: weight 1/n counts it once.
-    return (per_token / count).sum() / (counts > 0).sum()
+    return (per_token / counts.gather(1, target.cells)).sum() / (counts > 0).sum()
+

@@ -53,6 +53,15 @@ def stage0_grid(num_frames: int, img_size: int | Sequence[int]) -> Grid3:
     return tuple(n // s for n, s in zip(size, PATCH_STRIDE))
 
 
+def expand_cells(mask: torch.Tensor, *, grid: Sequence[int], factors: Sequence[int]) -> torch.Tensor:
+    """(B, prod(grid)) per-cell values, row-major -> (B, *(grid x factors)): each cell spread over the
+    box of `factors` finer cells it covers."""
+    B = mask.shape[0]
+    boxed = mask.reshape(B, *(n for g in grid for n in (g, 1)))
+    boxed = boxed.expand(B, *(n for g, f in zip(grid, factors, strict=True) for n in (g, f)))
+    return boxed.reshape(B, *(g * f for g, f in zip(grid, factors)))
+
+
 def _v2_s_block_setting() -> tuple[list[MSBlockConfig], dict]:
     """torchvision's MViT v2 S block setting and flags, read off the model it builds (on meta: no memory)."""
     with torch.device("meta"):
@@ -192,8 +201,9 @@ class MViTEncoder(nn.Module):
       tokens (B, N, 768): final tokens without CLS, after the final norm; grid: their (t, h, w);
       blocks {i: (tokens (B, N_i, D_i) without CLS, before any norm, grid_i)} for i in return_blocks
       (keys as given; negative indices count from the end).
-    token_mask (B, N0) bool marks stage-0 tokens (grid T/2 x H/4 x W/4, row-major) to replace by a
-    learned mask token; MViT pools tokens, so it cannot drop them.
+    token_mask (B, N0) bool marks stage-0 tokens (grid T/2 x H/4 x W/4, row-major) to hide: their
+    pixels (2x4x4 each) are zeroed before the patch conv, so no visible token reads masked content,
+    and after it they are replaced by a learned mask token; MViT pools tokens, so it cannot drop them.
     """
 
     num_prefix_tokens = 1
@@ -229,9 +239,7 @@ class MViTEncoder(nn.Module):
                 raise ValueError(f"block index {i} out of range for {self.depth} blocks")
             wanted[i % self.depth].append(i)
 
-        x = self.conv_proj(x).flatten(2).transpose(1, 2)  # (B, N0, C0), row-major over stage0
-        if token_mask is not None:
-            x = self._mask(x, token_mask)
+        x = self._embed(x, token_mask)
         x = self.pos_encoding(x)  # prepends CLS (no absolute positions: MViT v2 uses relative ones)
         if self.rope is not None:
             self.rope.begin()
@@ -243,8 +251,16 @@ class MViTEncoder(nn.Module):
         x = self.norm(x)
         return dict(pooled=x[:, 0], tokens=x[:, 1:], grid=tuple(thw), blocks=blocks)
 
-    def _mask(self, x: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
-        if token_mask.dtype != torch.bool or tuple(token_mask.shape) != tuple(x.shape[:2]):
-            raise ValueError(f"token_mask must be bool (B, N0) = {tuple(x.shape[:2])} over the stage-0 grid "
+    def _embed(self, x: torch.Tensor, token_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """Patch embedding -> (B, N0, C0), row-major over stage0; masked cells become the mask token."""
+        if token_mask is None:
+            return self.conv_proj(x).flatten(2).transpose(1, 2)
+        n0 = self.stage0[0] * self.stage0[1] * self.stage0[2]
+        if token_mask.dtype != torch.bool or tuple(token_mask.shape) != (x.shape[0], n0):
+            raise ValueError(f"token_mask must be bool (B, N0) = {(x.shape[0], n0)} over the stage-0 grid "
                              f"{self.stage0}, got {token_mask.dtype} {tuple(token_mask.shape)}")
+        # The conv (kernel 3x7x7, stride 2x4x4) reads past a cell's own 2x4x4 pixels: zeroing the masked
+        # pixels first makes what a visible cell reads of its masked neighbours independent of their content.
+        x = x.masked_fill(expand_cells(token_mask, grid=self.stage0, factors=PATCH_STRIDE)[:, None], 0)
+        x = self.conv_proj(x).flatten(2).transpose(1, 2)
         return torch.where(token_mask[..., None], self.mask_token.to(x.dtype), x)
