@@ -1,14 +1,19 @@
 """Config loading, composition, overrides, and a clear error for every kind of bad input."""
 
+import ast
 import dataclasses
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 import yaml
 
 from jepa import cli, config
 from jepa.commands.config_docs import SECTION_ORDER, field_docs
 from jepa.errors import ConfigError
+from jepa.models.rope import RotaryEmbedding
 
 
 def write(path: Path, data: dict | str) -> Path:
@@ -86,6 +91,37 @@ def test_out_of_range_names_key_value_and_need(raw, key, fragment):
     with pytest.raises(ConfigError) as e:
         config.from_dict(raw)
     assert f"`{key}`" in str(e.value) and fragment in str(e.value)
+
+
+@pytest.mark.parametrize("config_name, override, key, fix", [
+    ("vjepa_vitl16", "model.predictor.num_heads=6", "model.predictor.num_heads", "use num_heads=3 (head_dim 12)"),
+    ("vjepa_vitl16", "model.num_heads=8", "model.num_heads", "use num_heads=4 (head_dim 16)"),
+    ("ijepa_vitb16", "model.predictor.num_heads=8", "model.predictor.num_heads", "use num_heads=4 (head_dim 8)"),
+    ("vjepa_vitl16", "model.rope.temporal_scale=1e5", "model.num_heads", "raise model.embed_dim or change model.rope"),
+])
+def test_rope_that_rotates_two_cells_alike_is_refused(config_name, override, key, fix):
+    """One line naming the key and the largest head count whose RoPE rows are all distinct (or, when
+    none is, what else to change)."""
+    with pytest.raises(ConfigError) as e:
+        config.load(config.CONFIG_DIR / "small" / f"{config_name}.yaml", [override])
+    message = str(e.value)
+    assert message.startswith(f"`{key}` = ") and fix in message and "\n" not in message
+
+
+def test_rope_collision_names_two_cells_that_share_a_row_and_the_fixed_config_loads():
+    """Predictor 36 wide with 6 heads on the small video config: head_dim 6 is one `centre` pair per
+    axis, which repeats every n/2 cells of the 4 x 8 x 8 grid. The shipped config uses 3 heads."""
+    path = config.CONFIG_DIR / "small" / "vjepa_vitl16.yaml"
+    with pytest.raises(ConfigError) as e:
+        config.load(path, ["model.predictor.num_heads=6"])
+    found = re.search(r"cells (\(.*?\)) and (\(.*?\)) of the (\(.*?\)) token grid", str(e.value))
+    a, b, grid = (ast.literal_eval(g) for g in found.groups())
+    assert grid == (4, 8, 8) and a != b
+    assert all((x - y) % (n // 2) == 0 for x, y, n in zip(a, b, grid))
+    table = RotaryEmbedding(head_dim=6, ndim=3).table(grid)
+    assert torch.dist(table[np.ravel_multi_index(a, grid)], table[np.ravel_multi_index(b, grid)]) < 1e-6
+    predictor = config.load(path).model.predictor
+    assert (predictor.embed_dim, predictor.num_heads) == (36, 3)
 
 
 def test_missing_file_cycle_and_bad_yaml(tmp_path):

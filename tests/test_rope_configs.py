@@ -1,0 +1,46 @@
+"""Every shipped config gives each cell of its token grid its own RoPE rotation, in the encoder and the
+predictor the factory builds; a head_dim that merges cells makes the predictor merge their predictions."""
+
+import pytest
+import torch
+
+from jepa import config
+from jepa.config_rules import ROPE_MIN_ROW_DISTANCE
+from jepa.models.factory import build_jepa, input_grid
+
+CONFIGS = sorted(config.CONFIG_DIR.glob("**/*.yaml"))
+
+
+def min_relative_row_distance(table: torch.Tensor) -> float:
+    """Smallest Euclidean distance between two rows of a (N, 2 * head_dim) table, over the row norm."""
+    rows = table.double()
+    return torch.pdist(rows / rows.norm(dim=1, keepdim=True)).min().item()
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(config.CONFIG_DIR)))
+def test_rope_rows_are_distinct_on_the_config_grid(path):
+    cfg = config.load(path)
+    grid = input_grid(cfg)
+    with torch.device("meta"):  # full-size models cost no memory; RoPE tables hold no weights
+        model = build_jepa(cfg)
+    for name, attention in (("encoder", model.context_encoder), ("predictor", model.predictor)):
+        rope = attention.rope.to_empty(device="cpu")  # the module's own table builder, computing on CPU
+        table = rope.table(grid)  # un-augmented: shift / jitter / rescale are train-time only
+        assert table.shape == (torch.Size(grid).numel(), 2 * rope.head_dim)
+        assert min_relative_row_distance(table) > ROPE_MIN_ROW_DISTANCE, f"{name} of {path.name}, grid {grid}"
+
+
+@pytest.mark.parametrize("num_heads, merged", [(6, True), (3, False)])
+def test_predictor_merges_cells_only_when_their_rope_rows_collide(num_heads, merged):
+    """Small video config, predictor 36 wide: 6 heads (head_dim 6, one pair per axis) give cells t and
+    t + 2 of the 4 x 8 x 8 grid the same rotation and so the same prediction; 3 heads (the fix) do not."""
+    cfg = config.load(config.CONFIG_DIR / "small" / "vjepa_vitl16.yaml")
+    cfg.model.predictor.num_heads = num_heads  # after validation, which refuses 6
+    torch.manual_seed(0)
+    predictor = build_jepa(cfg).predictor.eval()
+    grid = input_grid(cfg)
+    context_idx = torch.tensor([[5, 70, 200]])
+    targets = [torch.tensor([[0, 2 * 8 * 8]])]  # cells (0, 0, 0) and (2, 0, 0)
+    with torch.no_grad():
+        (pred,) = predictor(torch.randn(1, 3, predictor.embed.in_features), context_idx, targets, grid)
+    assert torch.allclose(pred[0, 0], pred[0, 1], atol=1e-5) == merged
