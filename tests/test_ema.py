@@ -58,9 +58,15 @@ def test_small_buckets_give_the_same_result():
 
 def test_online_unchanged_and_grads_untouched():
     target, online = encoder(0), encoder(1)
-    before = flat(online)
+    online(torch.randn(5, 6, generator=torch.Generator().manual_seed(0))).square().sum().backward()
+    grads = [p.grad.clone() for p in online.parameters()]
+    assert all(g.abs().sum() > 0 for g in grads)  # every online parameter has a real gradient
+    weights, target_before = flat(online), flat(target)
     ema_update(target, online, 0.5, zero3=False)
-    assert torch.equal(flat(online), before)
+    assert not torch.equal(flat(target), target_before)  # the update did run
+    assert torch.equal(flat(online), weights)
+    assert all(p.grad is not None and torch.equal(p.grad, g) for p, g in zip(online.parameters(), grads))
+    assert all(p.grad is None for p in target.parameters())  # and the target got none
 
 
 def test_mismatched_modules_are_errors():

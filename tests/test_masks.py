@@ -1,11 +1,16 @@
 """Mask generators: output contract, block geometry, masked ratio, coverage, seeding, truncation, errors."""
 
 import math
+import os
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+import jepa
 from jepa.config import BlockMaskConfig, MaskConfig, from_dict
 from jepa.errors import ConfigError
 from jepa.masks import MaskSet, build_mask_generator, equal_length_indices, mask_rng
@@ -262,17 +267,34 @@ def test_mask_set_moves_and_pickles():
     assert torch.equal(moved.context, sets[1].context) and torch.equal(moved.targets[0], sets[1].targets[0])
 
 
-def _collate_with_masks(items):
-    # What a data collator does: one mask draw per batch from (seed, rank, worker, step).
-    info = torch.utils.data.get_worker_info()
-    step = int(items[0])
-    gen = build_mask_generator(IJEPA, (14, 14))
-    return torch.stack(items), gen(len(items), mask_rng(0, 0, info.id if info else 0, step))
+# Run in a fresh interpreter: its own hash seed, a global torch RNG moved on, nothing inherited by fork.
+FRESH_PROCESS = """
+import pickle, sys, torch
+from jepa.masks import build_mask_generator, mask_rng
+jobs, out = pickle.loads(bytes.fromhex(sys.argv[1])), sys.argv[2]
+torch.manual_seed(12345)
+torch.rand(100)
+torch.save([[[t for ms in build_mask_generator(cfg, grid)(8, mask_rng(*key)) for t in (ms.context, *ms.targets)]
+             for key in keys] for cfg, grid, keys in jobs], out)
+"""
 
 
-def test_masks_cross_dataloader_workers():
-    data = torch.arange(8)
-    loader = torch.utils.data.DataLoader(data, batch_size=4, num_workers=1, collate_fn=_collate_with_masks)
-    for batch, sets in loader:
-        expected = build_mask_generator(IJEPA, (14, 14))(4, mask_rng(0, 0, 0, int(batch[0])))
-        assert torch.equal(sets[0].context, expected[0].context)
+def test_masks_are_identical_in_a_fresh_process(tmp_path):
+    key, others = (3, 1, 2, 7), [(4, 1, 2, 7), (3, 0, 2, 7), (3, 1, 0, 7), (3, 1, 2, 8)]
+    jobs = [(cfg, grid, [key, *others]) for cfg, grid in [(IJEPA, (14, 14)), (VJEPA, (8, 14, 14)), (TUBE, (8, 14, 14))]]
+    out = tmp_path / "masks.pt"
+    # The child imports the same jepa as this process, whatever the install.
+    path = [str(Path(jepa.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path)), "PYTHONHASHSEED": "random"}
+    subprocess.run([sys.executable, "-c", FRESH_PROCESS, pickle.dumps(jobs).hex(), str(out)], env=env, check=True,
+                   timeout=300)
+    child = torch.load(out, weights_only=True)
+
+    def same(a, b):
+        return len(a) == len(b) and all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(a, b))
+
+    for (cfg, grid, _), (child_key, *child_others) in zip(jobs, child):
+        here = [t for ms in build_mask_generator(cfg, grid)(8, mask_rng(*key)) for t in (ms.context, *ms.targets)]
+        assert same(here, child_key), (cfg.kind, grid)
+        for other, masks in zip(others, child_others):
+            assert not same(here, masks), (cfg.kind, other)

@@ -1,5 +1,6 @@
 """Schedules: exact values at the landmarks, monotonic pieces, clamping, purity."""
 
+import itertools
 import math
 import random
 
@@ -54,12 +55,58 @@ def test_clamps_past_total(s, step):
     assert s.ema_momentum(step) == 1.0
 
 
-def test_pure_any_order(s):
-    steps = list(range(0, 1200, 7))
-    first = {i: (s.lr(i), s.wd(i), s.ema_momentum(i)) for i in steps}
-    random.Random(0).shuffle(steps)
-    again = Schedules.from_config(CFG)  # a fresh holder (as after a resume) gives the same values
-    assert all(first[i] == (again.lr(i), again.wd(i), again.ema_momentum(i)) for i in steps)
+STEPS = list(range(0, 1200, 7))  # landmarks, both pieces of the lr, and steps past total_steps
+
+
+def values(sched, steps):
+    return {i: (sched.lr(i), sched.wd(i), sched.ema_momentum(i)) for i in steps}
+
+
+def in_order_then_shuffled(make):
+    """Values of a fresh object asked in step order, then of shuffled orders, twice, asked again of
+    that reused object and of fresh ones (as after a resume)."""
+    reused = make()
+    in_order = values(reused, STEPS)
+    shuffled = []
+    for seed in (0, 1):
+        order = STEPS.copy()
+        random.Random(seed).shuffle(order)
+        shuffled += [values(reused, order), values(make(), order)]
+    return in_order, shuffled
+
+
+class GeneratorSchedules:
+    """A stateful schedule as in the reference repos: one generator per value, advanced per call."""
+
+    def __init__(self):
+        pure = Schedules.from_config(CFG)
+        self._lr = (pure.lr(i) for i in itertools.count())
+        self._wd = (pure.wd(i) for i in itertools.count())
+        self._m = (pure.ema_momentum(i) for i in itertools.count())
+
+    def lr(self, step):
+        return next(self._lr)
+
+    def wd(self, step):
+        return next(self._wd)
+
+    def ema_momentum(self, step):
+        return next(self._m)
+
+
+def test_pure_any_order():
+    in_order, shuffled = in_order_then_shuffled(lambda: Schedules.from_config(CFG))
+    assert all(got == in_order for got in shuffled)  # exact equality, step by step
+    for i, (lr, wd, m) in in_order.items():  # and they are the closed forms, not merely consistent
+        t = min(i, 1000) / 1000
+        assert m == pytest.approx(0.996 + 0.004 * t, rel=1e-12)
+        assert wd == pytest.approx(0.4 + 0.5 * (0.04 - 0.4) * (1 + math.cos(math.pi * t)), rel=1e-12)
+        assert lr == pytest.approx(2e-4 + 8e-4 * i / 100 if i < 100 else
+                                   1e-6 + 0.5 * (1e-3 - 1e-6) * (1 + math.cos(math.pi * (min(i, 1000) - 100) / 900)),
+                                   rel=1e-12)
+    # The same check catches a schedule that depends on how often it was asked, not on the step.
+    in_order, shuffled = in_order_then_shuffled(GeneratorSchedules)
+    assert not any(got == in_order for got in shuffled)
 
 
 def test_no_warmup_starts_at_peak():
