@@ -3,7 +3,6 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-export DS_ACCELERATOR ?= cpu
 # DeepSpeed compiles its CPU communication op on first use; a cache per checkout keeps two
 # checkouts (or venvs) from rebuilding it over each other in the shared ~/.cache.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/$(VENV)/torch_extensions

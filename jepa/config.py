@@ -163,7 +163,8 @@ class DataConfig:
     sources: List[SourceConfig] = field(default_factory=list)
     """Training sources, mixed by weight."""
     val_urls: str = ""
-    """Labelled shards read exactly once for evaluation (probe, kNN); empty = none."""
+    """Reserved: no command reads this key yet. Meant for labelled shards read once per evaluation
+    (probe, kNN); empty = none."""
     batch_size: int = 32
     """Samples per micro-batch on each rank."""
     num_workers: int = 2
@@ -238,9 +239,16 @@ class OptimConfig:
 @dataclass
 class EmaConfig:
     momentum: float = 0.996
-    """EMA momentum of the target encoder at step 0."""
+    """EMA momentum m of the target encoder at step 0; after every optimizer step
+    target = m * target + (1 - m) * online."""
     final_momentum: float = 1.0
-    """EMA momentum at total_steps (linear ramp)."""
+    """EMA momentum at step optim.total_steps, reached by a straight line from `momentum` at step 0
+    (the last update, at step total_steps - 1, uses the value one step short of it). The default is
+    I-JEPA's: 0.996 -> 1.0 over exactly its run (ipe_scale 1.0 in its published configs). V-JEPA ramps
+    0.998 -> 1.0 over 1.25 times its run (ipe_scale 1.25), so it ends at 0.998 + 0.002 / 1.25 = 0.9996.
+    Momentum m averages over about the last 1 / (1 - m) steps (250 at 0.996, 2500 at 0.9996): the
+    closer the end value is to 1, the less the last steps of training change the target; at exactly
+    1.0 the target stops moving."""
 
 
 @dataclass
@@ -263,7 +271,7 @@ class DeepSpeedConfig:
 @dataclass
 class CheckpointConfig:
     every_steps: int = 500
-    """Save a checkpoint every this many optimizer steps (and always at the end and on preemption)."""
+    """Save a checkpoint every this many optimizer steps (and always at the end of the job)."""
     keep_last: int = 3
     """Checkpoints kept on disk; older ones are deleted after a complete save."""
     resume: bool = True
@@ -285,34 +293,39 @@ class LoggingConfig:
 
 @dataclass
 class LaunchConfig:
+    """Cluster submission settings for a future `jepa submit`. Reserved: no command reads these keys
+    yet (the config rules only check their values), so setting them changes nothing."""
+
     cluster: str = "slurm"
-    """submitit backend: `slurm`, `local` (real processes on this machine) or `debug` (in-process)."""
+    """Reserved: no command reads this key yet. submitit backend: `slurm`, `local` (real processes on
+    this machine) or `debug` (in-process)."""
     nodes: int = 1
-    """Nodes per job."""
+    """Reserved: no command reads this key yet. Nodes per job."""
     tasks_per_node: int = 1
-    """Processes (ranks) per node; usually one per GPU."""
+    """Reserved: no command reads this key yet. Processes (ranks) per node; usually one per GPU."""
     gpus_per_node: int = 0
-    """GPUs requested per node."""
+    """Reserved: no command reads this key yet. GPUs requested per node."""
     cpus_per_task: int = 8
-    """CPU cores per rank."""
+    """Reserved: no command reads this key yet. CPU cores per rank."""
     mem_gb: int = 64
-    """Memory per node (GiB)."""
+    """Reserved: no command reads this key yet. Memory per node (GiB)."""
     timeout_min: int = 240
-    """Wall time of one job (minutes); preemption or timeout requeues it."""
+    """Reserved: no command reads this key yet. Wall time of one job (minutes)."""
     partition: str = ""
-    """SLURM partition; empty = cluster default."""
+    """Reserved: no command reads this key yet. SLURM partition; empty = cluster default."""
     account: str = ""
-    """SLURM account; empty = none."""
+    """Reserved: no command reads this key yet. SLURM account; empty = none."""
     qos: str = ""
-    """SLURM QoS; empty = none."""
+    """Reserved: no command reads this key yet. SLURM QoS; empty = none."""
     constraint: str = ""
-    """SLURM node constraint; empty = none."""
+    """Reserved: no command reads this key yet. SLURM node constraint; empty = none."""
     max_requeues: int = 10
-    """Most times a job requeues itself after preemption or timeout."""
+    """Reserved: no command reads this key yet. Most requeues of a job after preemption or timeout."""
     signal_delay_s: int = 120
-    """Seconds before the time limit at which SLURM signals the job to checkpoint."""
+    """Reserved: no command reads this key yet. Seconds before the time limit at which SLURM is to
+    signal the job to checkpoint."""
     name: str = "jepa"
-    """Job name."""
+    """Reserved: no command reads this key yet. Job name."""
 
 
 @dataclass
@@ -340,7 +353,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Console and TensorBoard."""
     launch: LaunchConfig = field(default_factory=LaunchConfig)
-    """Cluster submission."""
+    """Cluster submission. Reserved: no command reads this section yet."""
 
 
 # ----------------------------------------------------------------------------- loading

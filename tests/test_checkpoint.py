@@ -14,13 +14,15 @@ import torch
 import torch.nn as nn
 from safetensors import safe_open
 
+from jepa import cli
 from jepa.config import from_dict, to_dict
 from jepa.errors import UserError
 from jepa.train import commands
+from jepa.seeding import rng_state, seed_rng, set_rng_state
 from jepa.train.checkpoint import (
-    EMA_FILE, Checkpointer, committed_checkpoints, export_target, latest_checkpoint, model_differences,
-    rng_state, seed_rng, set_rng_state, tag_for,
+    EMA_FILE, Checkpointer, committed_checkpoints, latest_checkpoint, model_differences, tag_for,
 )
+from jepa.train.export import export_target
 
 
 def make_cfg(tmp_path, **sections):
@@ -139,11 +141,25 @@ def test_needs_universal(tmp_path, stage, saved_world, world, universal):
     assert ckpt.needs_universal(ckpt.resume_point()) is universal
 
 
+class LoadedEngine:
+    """What `Checkpointer.resume` asks of a DeepSpeed engine, for a ZeRO-0 checkpoint (any world size)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def load_universal_checkpoint(self):
+        return False
+
+    def load_checkpoint(self, root, *, tag, **kwargs):
+        return f"{root}/{tag}", {"step": self.step}
+
+
 def test_ranks_beyond_the_saved_world_start_fresh_streams(tmp_path):
     cfg = make_cfg(tmp_path, seed=5)
-    fake_checkpoint(cfg, 40, world_size=1)
-    info = latest_checkpoint(cfg_root(cfg))
-    assert Checkpointer(cfg, rank=1, world_size=2)._restore_rank_state(info) is None
+    fake_checkpoint(cfg, 40, world_size=1, ema=nn.Linear(2, 2).state_dict())
+    seed_rng(0, 0)  # some other stream, which resume must replace
+    state = Checkpointer(cfg, rank=1, world_size=2).resume(LoadedEngine(40), nn.Linear(2, 2))
+    assert state.step == 40 and state.rank_state is None
     fresh = draws()
     seed_rng(5, 1, 40)
     assert draws() == fresh
@@ -220,5 +236,30 @@ def test_commands_parse_and_run(tmp_path, capsys):
     args = parser.parse_args(["checkpoint", "reshape", str(tmp_path / "empty")])
     with pytest.raises(UserError, match="no complete checkpoint"):
         args.func(args)
-    args = parser.parse_args(["export", str(tmp_path / "run"), str(tmp_path / "e.safetensors")])
-    assert args.func is commands.export_command
+
+
+def test_export_verb_writes_the_ema_target(tmp_path, capsys):
+    cfg = make_cfg(tmp_path, model={"depth": 4})
+    fake_checkpoint(cfg, 2, ema={k: torch.zeros_like(v) for k, v in Tied().state_dict().items()})
+    state = Tied().state_dict()
+    tag_dir = fake_checkpoint(cfg, 5, ema=state)  # the latest: the one exported
+    out = tmp_path / "out" / "enc.safetensors"
+    assert cli.main(["export", str(tmp_path / "run"), str(out)]) == 0
+    assert str(out) in capsys.readouterr().out
+    with safe_open(str(out), "pt") as f:
+        assert set(f.keys()) == set(state)
+        for k, v in state.items():
+            got = f.get_tensor(k)
+            assert got.dtype == v.dtype and torch.equal(got, v), k
+    assert json.loads(out.with_suffix(".json").read_text()) == {
+        "model": to_dict(cfg)["model"], "step": 5, "checkpoint": str(tag_dir)}
+
+
+def test_export_verb_without_checkpoint_exits_2(tmp_path, capsys):
+    cfg = make_cfg(tmp_path)
+    fake_checkpoint(cfg, 5, commit=False, ema=Tied().state_dict())  # a save that crashed
+    out = tmp_path / "enc.safetensors"
+    assert cli.main(["export", str(tmp_path / "run"), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("jepa: error: ") and str(tmp_path / "run") in err and "no complete checkpoint" in err
+    assert not out.exists() and not out.with_suffix(".json").exists()

@@ -1,7 +1,6 @@
 """Checkpoints of real 2-process runs: exact resume, another world size, a crash mid-save, purging,
 refusals and export. The toy task and its runner are in tests/dist_helpers/."""
 
-import argparse
 import json
 import shutil
 
@@ -12,8 +11,9 @@ from safetensors import safe_open
 from dist_helpers.launch import train_toy
 from dist_helpers.toy import make_config
 from jepa.errors import UserError
-from jepa.train.checkpoint import EMA_FILE, Checkpointer, committed_checkpoints, export_target, tag_for
-from jepa.train.commands import reshape_command
+from jepa.cli import main as jepa_main
+from jepa.train.checkpoint import EMA_FILE, Checkpointer, committed_checkpoints, tag_for
+from jepa.train.export import export_target
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 K = 4  # steps before the stop; the runs go to 2K
@@ -37,8 +37,7 @@ def test_exact_resume(resume_runs):
     assert f"resuming from {folder} at step {K}" in second[0]["output"]
     for r in range(2):
         assert second[r]["resumed_step"] == K
-        assert second[r]["resumed_data_position"] == {"step": K}
-        assert second[r]["resumed_rank_data"] == {"cursor": K}
+        assert second[r]["resumed_rank_state"] == {"cursor": K, "rank": r}, "each rank gets its own state back"
         # Same batches, same noise (restored RNG), same weights, optimizer and EMA: same losses.
         assert first[r]["losses"] == pytest.approx(straight[r]["losses"][:K], rel=1e-6)
         assert second[r]["losses"] == pytest.approx(straight[r]["losses"][K:], rel=1e-6)
@@ -56,11 +55,11 @@ def test_resume_on_one_process(resume_runs):
     made by `jepa checkpoint reshape` ahead of time (ZeRO 3) or at start-up by the resume (ZeRO 2)."""
     tmp, first = resume_runs["tmp"], resume_runs["first"]
     if resume_runs["stage"] == 3:
-        reshape_command(argparse.Namespace(run=str(tmp / "single"), workers=1))
+        assert jepa_main(["checkpoint", "reshape", str(tmp / "single"), "--workers", "1"]) == 0
         assert (tmp / "single" / "checkpoints" / f"{tag_for(K)}.universal").is_dir()
     (alone,) = train_toy(tmp, "single", nproc=None, stop_at=K + 2, **resume_runs["common"])
     assert alone["world"] == 1 and alone["resumed_step"] == K
-    assert alone["resumed_rank_data"] == {"cursor": K}, "rank 0 keeps its own data state"
+    assert alone["resumed_rank_state"] == {"cursor": K, "rank": 0}, "rank 0 keeps its own state"
     torch.testing.assert_close(alone["tensors"]["start_online"], first[0]["tensors"]["online"], rtol=0, atol=1e-6)
     assert torch.equal(alone["tensors"]["start_target"], first[0]["tensors"]["target"])
     assert alone["global_steps"] == K + 2 and all(loss == loss for loss in alone["losses"])

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jepa.config import from_dict
-from jepa.data.shards import build_eval_loader, build_train_loader
+from jepa.config import Config, from_dict
+from jepa.data.eval_stream import build_eval_loader
+from jepa.data.train_stream import build_train_loader
 from jepa.data.skips import SkipLog
 from jepa.data.video import encode_mp4
 from jepa.errors import UserError
@@ -73,6 +74,19 @@ def config(urls: str, kind: str = "image", **data):
     return from_dict({"data": base, "model": model, **({"mask": {"kind": "multiblock3d"}} if kind == "video" else {})})
 
 
+def has_video(cfg: Config) -> bool:
+    return any(s.kind == "video" for s in cfg.data.sources)
+
+
+def train_loader(cfg: Config, **kw):
+    """The training stream, producing clips when a source holds videos (as a video model's run would)."""
+    return build_train_loader(cfg, clips=has_video(cfg), **kw)
+
+
+def eval_loader(urls: str, *, cfg: Config, **kw):
+    return build_eval_loader(urls, cfg=cfg, clips=has_video(cfg), **kw)
+
+
 @pytest.fixture
 def no_sleep(monkeypatch):
     """A sleep per error is a bug (WebDataset's warn_and_continue sleeps 0.5 s per error).
@@ -95,7 +109,7 @@ SOME_BAD = ("good", "mixed", "truncated", "cut", "missing", "empty")
 @pytest.mark.parametrize("workers", [0, 2])
 def test_eval_skips_and_counts_each_kind(shards, workers, no_sleep, caplog):
     urls = "::".join(shards[k] for k in SOME_BAD)
-    stream = build_eval_loader(urls, cfg=config(urls, num_workers=workers), rank=0, world_size=1, batch_size=4)
+    stream = eval_loader(urls, cfg=config(urls, num_workers=workers), rank=0, world_size=1, batch_size=4)
     with caplog.at_level(logging.WARNING, logger="jepa.data"):
         keys = [k for batch in stream for k in batch["key"]]
     # truncated.tar breaks inside t2's image; cut.tar stops cleanly before t3, so t2 may be incomplete
@@ -109,7 +123,7 @@ def test_eval_skips_and_counts_each_kind(shards, workers, no_sleep, caplog):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_training_goes_on_and_batches_carry_the_counts(shards, workers, no_sleep):
     urls = "::".join(shards[k] for k in SOME_BAD)
-    stream = build_train_loader(config(urls, num_workers=workers, max_error_fraction=0.9), rank=0, world_size=1,
+    stream = train_loader(config(urls, num_workers=workers, max_error_fraction=0.9), rank=0, world_size=1,
                                 collate_masks=None, start=None)
     summed: dict[str, int] = {}
     for _, batch in zip(range(40), stream):
@@ -120,9 +134,28 @@ def test_training_goes_on_and_batches_carry_the_counts(shards, workers, no_sleep
     assert set(summed) == set(EXPECTED)  # every kind met and counted, none fatal
 
 
+@pytest.mark.parametrize("workers, stop", [(0, 5), (2, 9)])
+def test_skip_counts_and_budget_survive_a_resume(shards, workers, stop, no_sleep):
+    """A resumed stream re-reads its epoch up to the saved place: the skips met on that re-read
+    were counted before the save and are not counted again; counts and budget continue."""
+    urls = "::".join(shards[k] for k in SOME_BAD)
+    cfg = config(urls, num_workers=workers, max_error_fraction=0.9)
+    straight = train_loader(cfg, rank=0, world_size=1, collate_masks=None, start=None)
+    expected = [b["skipped"] for _, b in zip(range(stop + 8), straight)]
+    first = train_loader(cfg, rank=0, world_size=1, collate_masks=None, start=None)
+    head = [b["skipped"] for _, b in zip(range(stop), first)]
+    position = first.position()
+    assert sum(c.skips.ok for c in position.cursors) > 0 and dict(position.skipped) == dict(first.skipped)
+    resumed = train_loader(cfg, rank=0, world_size=1, collate_masks=None, start=position)
+    tail = [b["skipped"] for _, b in zip(range(8), resumed)]
+    assert head + tail == expected
+    assert dict(resumed.skipped) == dict(straight.skipped) and sum(straight.skipped.values()) > 0
+    assert resumed.position().cursors == straight.position().cursors  # counts and budget state too
+
+
 def test_truncated_video_is_skipped_and_counted(shards, no_sleep):
     cfg = config(shards["video"], kind="video")
-    stream = build_eval_loader(shards["video"], cfg=cfg, rank=0, world_size=1, batch_size=4)
+    stream = eval_loader(shards["video"], cfg=cfg, rank=0, world_size=1, batch_size=4)
     (batch,) = list(stream)
     assert batch["key"] == ["v0"] and batch["x"].shape == (1, 3, 4, SIZE, SIZE)
     assert dict(stream.skipped) == {"video_decode": 1}
@@ -130,7 +163,7 @@ def test_truncated_video_is_skipped_and_counted(shards, no_sleep):
 
 def test_short_videos_skipped_by_config_are_counted(shards, no_sleep):
     cfg = config(shards["video"], kind="video", num_frames=8, frame_step=4, short_video="skip")
-    stream = build_eval_loader(shards["video"], cfg=cfg, rank=0, world_size=1, batch_size=4)
+    stream = eval_loader(shards["video"], cfg=cfg, rank=0, world_size=1, batch_size=4)
     with pytest.raises(UserError, match="short_video"):  # nothing usable left: the budget stops it
         list(stream)
     assert dict(stream.skipped) == {"video_decode": 1, "short_video": 1}
@@ -140,7 +173,7 @@ def test_short_videos_skipped_by_config_are_counted(shards, no_sleep):
 @pytest.mark.parametrize("which, kind", [("allbad", "image_decode"), ("missing", "shard_open"),
                                          ("empty", "shard_open")])
 def test_all_bad_training_data_stops_with_a_clear_error(shards, workers, which, kind, no_sleep):
-    stream = build_train_loader(config(shards[which], num_workers=workers), rank=0, world_size=1,
+    stream = train_loader(config(shards[which], num_workers=workers), rank=0, world_size=1,
                                 collate_masks=None, start=None)
     with pytest.raises(UserError) as e:
         next(iter(stream))
@@ -152,12 +185,12 @@ def test_all_bad_training_data_stops_with_a_clear_error(shards, workers, which, 
 def test_all_bad_stops_even_when_any_fraction_is_allowed(shards, no_sleep):
     cfg = config(shards["allbad"], max_error_fraction=1.0)
     with pytest.raises(UserError, match="60 of the first 60"):
-        next(iter(build_train_loader(cfg, rank=0, world_size=1, collate_masks=None, start=None)))
+        next(iter(train_loader(cfg, rank=0, world_size=1, collate_masks=None, start=None)))
 
 
 def test_all_bad_eval_data_stops_with_a_clear_error(shards, no_sleep):
     urls = "::".join([shards["allbad"], "pipe:cat " + shards["missing"]])
-    stream = build_eval_loader(urls, cfg=config(urls), rank=0, world_size=1, batch_size=4)
+    stream = eval_loader(urls, cfg=config(urls), rank=0, world_size=1, batch_size=4)
     with pytest.raises(UserError) as e:
         list(stream)
     assert "allbad.tar key b0" in str(e.value) and "pipe:cat" in str(e.value)
@@ -167,7 +200,7 @@ def test_all_bad_eval_data_stops_with_a_clear_error(shards, no_sleep):
 def test_failing_pipe_reports_its_exit_status(shards, no_sleep, caplog):
     url = "pipe:cat " + shards["missing"]
     urls = "::".join([shards["good"], url])
-    stream = build_eval_loader(urls, cfg=config(urls), rank=0, world_size=1, batch_size=8)
+    stream = eval_loader(urls, cfg=config(urls), rank=0, world_size=1, batch_size=8)
     with caplog.at_level(logging.WARNING, logger="jepa.data"):
         assert sum(len(b["key"]) for b in stream) == 6
     assert dict(stream.skipped) == {"shard_open": 1}

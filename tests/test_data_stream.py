@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from jepa.config import Config, from_dict
-from jepa.data.shards import DataPosition, build_eval_loader, build_train_loader
+from jepa.data.eval_stream import build_eval_loader
+from jepa.data.train_stream import DataPosition, WorkerCursor, build_train_loader
 from jepa.data.write import ShardSample, ShardSink, write_synthetic
 from jepa.masks import mask_rng
 
@@ -53,6 +54,19 @@ def config(urls: str, seed: int = 3, **data) -> Config:
     return from_dict({"data": base, "model": {"patch_size": 8}, "seed": seed})
 
 
+def has_video(cfg: Config) -> bool:
+    return any(s.kind == "video" for s in cfg.data.sources)
+
+
+def train_loader(cfg: Config, **kw):
+    """The training stream, producing clips when a source holds videos (as a video model's run would)."""
+    return build_train_loader(cfg, clips=has_video(cfg), **kw)
+
+
+def eval_loader(urls: str, *, cfg: Config, **kw):
+    return build_eval_loader(urls, cfg=cfg, clips=has_video(cfg), **kw)
+
+
 class FakeMasks:
     """Stands in for a mask generator: `(batch_size, generator) -> tensor` drawn from the generator."""
 
@@ -81,7 +95,7 @@ def test_every_rank_yields_the_same_batches_per_epoch(unequal_shards, workers):
     cfg = config(urls, num_workers=workers)
     per_rank = []
     for rank in range(2):
-        stream = build_train_loader(cfg, rank=rank, world_size=2, collate_masks=FakeMasks(), start=None)
+        stream = train_loader(cfg, rank=rank, world_size=2, collate_masks=FakeMasks(), start=None)
         assert stream.batches_per_epoch == 5
         batches = take(stream, 10)
         assert all(b["x"].shape == (4, 3, SIZE, SIZE) and b["x"].dtype == torch.float32 for b in batches)
@@ -92,7 +106,7 @@ def test_every_rank_yields_the_same_batches_per_epoch(unequal_shards, workers):
 
 def test_masks_come_from_mask_rng_of_rank_worker_and_batch(unequal_shards):
     urls, _ = unequal_shards
-    stream = build_train_loader(config(urls, num_workers=2), rank=1, world_size=2, collate_masks=FakeMasks(),
+    stream = train_loader(config(urls, num_workers=2), rank=1, world_size=2, collate_masks=FakeMasks(),
                                 start=None)
     for g, batch in enumerate(take(stream, 6)):
         assert torch.equal(batch["masks"], FakeMasks()(4, mask_rng(3, 1, g % 2, g)))
@@ -101,10 +115,10 @@ def test_masks_come_from_mask_rng_of_rank_worker_and_batch(unequal_shards):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resampled_order_is_reproducible_from_the_seed(unequal_shards, workers):
     urls, _ = unequal_shards
-    runs = [take(build_train_loader(config(urls, num_workers=workers), rank=0, world_size=2,
+    runs = [take(train_loader(config(urls, num_workers=workers), rank=0, world_size=2,
                                     collate_masks=FakeMasks(), start=None), 7) for _ in range(2)]
     assert same(*runs)
-    other = take(build_train_loader(config(urls, seed=4, num_workers=workers), rank=0, world_size=2,
+    other = take(train_loader(config(urls, seed=4, num_workers=workers), rank=0, world_size=2,
                                     collate_masks=FakeMasks(), start=None), 7)
     assert not same(runs[0], other)
 
@@ -113,32 +127,38 @@ def test_resampled_order_is_reproducible_from_the_seed(unequal_shards, workers):
 def test_resume_continues_with_the_same_batches(unequal_shards, workers, stop):
     urls, _ = unequal_shards
     cfg = config(urls, num_workers=workers)
-    straight = take(build_train_loader(cfg, rank=1, world_size=2, collate_masks=FakeMasks(), start=None), 14)
-    first = build_train_loader(cfg, rank=1, world_size=2, collate_masks=FakeMasks(), start=None)
+    straight = take(train_loader(cfg, rank=1, world_size=2, collate_masks=FakeMasks(), start=None), 14)
+    first = train_loader(cfg, rank=1, world_size=2, collate_masks=FakeMasks(), start=None)
     head = take(first, stop)
     saved = pickle.loads(pickle.dumps(first.position()))
     assert (saved.epoch, saved.batch) == divmod(stop, 5)
-    resumed = build_train_loader(cfg, rank=1, world_size=2, collate_masks=FakeMasks(), start=saved)
+    resumed = train_loader(cfg, rank=1, world_size=2, collate_masks=FakeMasks(), start=saved)
     assert same(head + take(resumed, 14 - stop), straight)
 
 
 def test_iterating_again_continues_where_it_stopped(unequal_shards):
     urls, _ = unequal_shards
     cfg = config(urls, num_workers=2)
-    straight = take(build_train_loader(cfg, rank=0, world_size=1, collate_masks=FakeMasks(), start=None), 9)
-    stream = build_train_loader(cfg, rank=0, world_size=1, collate_masks=FakeMasks(), start=None)
+    straight = take(train_loader(cfg, rank=0, world_size=1, collate_masks=FakeMasks(), start=None), 9)
+    stream = train_loader(cfg, rank=0, world_size=1, collate_masks=FakeMasks(), start=None)
     assert same(take(stream, 4) + take(stream, 5), straight)
 
 
 def test_resume_under_another_layout_keeps_epoch_and_batch(unequal_shards, caplog):
     urls, _ = unequal_shards
-    two = build_train_loader(config(urls, num_workers=2), rank=0, world_size=1, collate_masks=None, start=None)
+    two = train_loader(config(urls, num_workers=2), rank=0, world_size=1, collate_masks=None, start=None)
     take(two, 7)
     with caplog.at_level(logging.WARNING, logger="jepa.data"):
-        one = build_train_loader(config(urls, num_workers=0), rank=0, world_size=1, collate_masks=None,
+        one = train_loader(config(urls, num_workers=0), rank=0, world_size=1, collate_masks=None,
                                  start=two.position())
-    assert "layout changed" in caplog.text
+    assert caplog.text.count("layout changed") == 1 and "data.num_workers: 2 -> 1" in caplog.text
     assert (one.position().epoch, one.position().batch) == (1, 2)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="jepa.data"):  # another rank: rank 0 says it for all
+        other = train_loader(config(urls, num_workers=2), rank=1, world_size=2, collate_masks=None, start=None)
+        take(other, 2)
+        train_loader(config(urls, num_workers=0), rank=1, world_size=2, collate_masks=None, start=other.position())
+    assert caplog.text == ""
     take(one, 3)
     assert (one.position().epoch, one.position().batch) == (2, 0)
 
@@ -150,7 +170,7 @@ def test_eval_reads_every_sample_exactly_once(unequal_shards, workers, world):
     cfg = config(urls, num_workers=workers)
     seen, counts = [], []
     for rank in range(world):
-        stream = build_eval_loader(urls, cfg=cfg, rank=rank, world_size=world, batch_size=3)
+        stream = eval_loader(urls, cfg=cfg, rank=rank, world_size=world, batch_size=3)
         rank_keys = []
         for batch in stream:
             assert batch["x"].shape[0] == len(batch["key"]) == len(batch["label"]) <= 3
@@ -166,7 +186,7 @@ def test_eval_reads_every_sample_exactly_once(unequal_shards, workers, world):
 
 def test_eval_pixels_are_the_centre_crop(unequal_shards):
     urls, _ = unequal_shards
-    stream = build_eval_loader(urls, cfg=config(urls), rank=0, world_size=1, batch_size=32)
+    stream = eval_loader(urls, cfg=config(urls), rank=0, world_size=1, batch_size=32)
     (batch,) = list(stream)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -180,10 +200,10 @@ def test_pipe_urls_read_the_same_samples(unequal_shards):
     folder = Path(urls).parent
     pipe = "pipe:cat " + str(folder / "part{0..4}-000000.tar")
     cfg = config(pipe, num_workers=2)
-    got = [k for b in build_eval_loader(pipe, cfg=cfg, rank=0, world_size=1, batch_size=5) for k in b["key"]]
+    got = [k for b in eval_loader(pipe, cfg=cfg, rank=0, world_size=1, batch_size=5) for k in b["key"]]
     assert sorted(got) == keys
-    train = take(build_train_loader(cfg, rank=0, world_size=1, collate_masks=FakeMasks(), start=None), 3)
-    plain = take(build_train_loader(config(urls, num_workers=2), rank=0, world_size=1, collate_masks=FakeMasks(),
+    train = take(train_loader(cfg, rank=0, world_size=1, collate_masks=FakeMasks(), start=None), 3)
+    plain = take(train_loader(config(urls, num_workers=2), rank=0, world_size=1, collate_masks=FakeMasks(),
                                     start=None), 3)
     assert same(train, plain)  # same shards, same order: pipe or path makes no difference
 
@@ -199,7 +219,7 @@ def test_images_become_static_clips_in_a_mixed_stream(unequal_shards, tiny_video
     urls, _ = unequal_shards
     sources = [{"urls": tiny_videos, "kind": "video", "weight": 1.0}, {"urls": urls, "kind": "image", "weight": 1.0}]
     cfg = config(urls, sources=sources, num_frames=4, frame_step=2, batch_size=8, samples_per_epoch=64)
-    batches = take(build_train_loader(cfg, rank=0, world_size=1, collate_masks=None, start=None), 4)
+    batches = take(train_loader(cfg, rank=0, world_size=1, collate_masks=None, start=None), 4)
     static = moving = 0
     for batch in batches:
         assert batch["x"].shape == (8, 3, 4, SIZE, SIZE)
@@ -215,14 +235,20 @@ def test_resume_in_the_middle_of_a_videos_clips(tiny_videos):
     """clips_per_video=2 with batches of 3: a batch can end between two clips of one video."""
     cfg = config(tiny_videos, sources=[{"urls": tiny_videos, "kind": "video"}], num_frames=4, frame_step=2,
                  clips_per_video=2, batch_size=3, samples_per_epoch=9)
-    straight = take(build_train_loader(cfg, rank=0, world_size=1, collate_masks=FakeMasks(), start=None), 5)
-    first = build_train_loader(cfg, rank=0, world_size=1, collate_masks=FakeMasks(), start=None)
+    straight = take(train_loader(cfg, rank=0, world_size=1, collate_masks=FakeMasks(), start=None), 5)
+    first = train_loader(cfg, rank=0, world_size=1, collate_masks=FakeMasks(), start=None)
     head = take(first, 1)
-    assert first.position().cursors[0][3] == 1  # one clip of the second video already used
-    resumed = build_train_loader(cfg, rank=0, world_size=1, collate_masks=FakeMasks(), start=first.position())
+    assert first.position().cursors[0].clips == 1  # one clip of the second video already used
+    resumed = train_loader(cfg, rank=0, world_size=1, collate_masks=FakeMasks(), start=first.position())
     assert same(head + take(resumed, 4), straight)
 
 
-def test_position_is_a_small_picklable_value():
-    pos = DataPosition(epoch=2, batch=5, layout="abc", cursors=((0, 2, 10, 0), (1, 2, 12, 1)))
+def test_position_is_a_small_picklable_value(unequal_shards):
+    urls, _ = unequal_shards
+    stream = train_loader(config(urls, num_workers=2), rank=0, world_size=1, collate_masks=None, start=None)
+    take(stream, 3)
+    pos = stream.position()
+    assert (pos.epoch, pos.batch) == (0, 3) and [c.worker for c in pos.cursors] == [0, 1]
+    assert all(isinstance(c, WorkerCursor) and c.skips.ok > 0 for c in pos.cursors)
     assert pickle.loads(pickle.dumps(pos)) == pos
+    assert len(pickle.dumps(pos)) < 2000  # no sample data, no shard lists: a few numbers per worker

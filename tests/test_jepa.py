@@ -11,6 +11,7 @@ from jepa.config import CONFIG_DIR, from_dict, load
 from jepa.errors import ConfigError
 from jepa.masks import MaskSet, build_mask_generator, mask_rng
 from jepa.models.factory import build_jepa, input_grid, is_video
+from jepa.models.hierarchy import cell_ids
 from jepa.models.jepa import effective_rank, stage0_mask
 
 BATCH = 8
@@ -83,11 +84,44 @@ def test_one_level_hierarchy_is_the_plain_loss(video, per_block, kind):
     x, masks = batch_for(cfg)
     assert len(masks) == (2 if video else 1)
     loss, metrics = model(x, masks)
-    torch.testing.assert_close(loss, plain_loss(model, x, masks, kind), atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(metrics["loss/level0"], loss.detach())
+    assert torch.equal(loss, plain_loss(model, x, masks, kind))     # bit for bit, not merely close
+    assert torch.equal(metrics["loss/level0"], loss.detach())
     # the DeepSpeed-style split computes the same thing
     split, _ = model.trainable(x, masks, model.compute_targets(x, masks))
     torch.testing.assert_close(split, loss, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("video", [False, True])
+def test_pooled_targets_read_only_target_tokens(video):
+    """Pooled levels: a token in no target block changes no target; one in a block changes its set's."""
+    torch.manual_seed(0)
+    cfg = tiny_config(video=video, levels=[{"block": 1, "pool": 2}, {"block": -1, "pool": 2}])
+    model = build_jepa(cfg)
+    x, masks = batch_for(cfg)
+    out = model.target_encoder(x, return_blocks=[1])
+    in_target = [torch.zeros(BATCH, math.prod(out["grid"]), dtype=torch.bool) for _ in masks]
+    for covered, ms in zip(in_target, masks):
+        for block in ms.targets:
+            covered.scatter_(1, block, True)
+    any_target = torch.stack(in_target).any(0)
+    ids = cell_ids(tuple(out["grid"]), model.levels[0].pool)             # both levels: same grid, same pool
+    shares_a_cell = (any_target[:, None, :] & (ids[:, None] == ids[None, :])).any(-1)
+    # (sample, token) in no block, but in a cell that holds target tokens; then one in a block of set 0
+    outside = (~any_target & shares_a_cell).nonzero()[0].tolist()
+    inside = in_target[0].nonzero()[0].tolist()
+
+    def targets(b=None, token=None):     # [mask set][level] values, one token of sample b redrawn
+        tokens, (block1, grid1) = out["tokens"].clone(), out["blocks"][1]
+        block1 = block1.clone()
+        if b is not None:
+            tokens[b, token], block1[b, token] = torch.randn(tokens.shape[-1]), torch.randn(block1.shape[-1])
+        levels = model.targets_from_output(dict(out, tokens=tokens, blocks={1: (block1, grid1)}), masks).levels
+        assert all(t.cells is not None for per_set in levels for t in per_set)
+        return [[t.value for t in per_set] for per_set in levels]
+
+    base = targets()
+    assert all(torch.equal(a, b) for new, old in zip(targets(*outside), base) for a, b in zip(new, old))
+    assert not any(torch.equal(a, b) for a, b in zip(targets(*inside)[0], base[0]))
 
 
 def test_trainable_and_target_are_separate():
@@ -141,7 +175,7 @@ def test_mvit_jepa_forward_backward():
     torch.manual_seed(0)
     cfg = from_dict({
         "model": {"backbone": "mvit_v2_s", "rope": {"kind": "3d"},
-                  "predictor": {"embed_dim": 32, "depth": 1, "num_heads": 4}},
+                  "predictor": {"embed_dim": 32, "depth": 1, "num_heads": 2}},
         "data": {"image_size": 64, "num_frames": 8},
         "mask": {"kind": "tube", "tube_ratio": 0.5, "min_keep": 2},
         "hierarchy": {"levels": [{"block": 2, "pool": 4}, {"block": -1}]},
@@ -244,3 +278,30 @@ def test_small_configs_train_one_step(name):
     loss, _ = model(torch.randn(cfg.data.batch_size, 3, *frames, cfg.data.image_size, cfg.data.image_size), masks)
     loss.backward()
     assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("name", ["small/demo", "small/vjepa_vitl16"])
+def test_every_metric_lives_on_the_model_device(name):
+    """The step's metrics are stacked and all-reduced together: one on another device (a CPU scalar
+    beside CUDA tensors) would crash the first logging step of a GPU run. The meta device stands in
+    for a GPU: any tensor made on the CPU by default shows up."""
+    from jepa import config
+    from jepa.masks import build_mask_generator
+    from jepa.models.factory import build_jepa, input_grid
+    from jepa.train.metrics import MetricLogger
+
+    cfg = config.load(name)
+    grid = input_grid(cfg)
+    masks = build_mask_generator(cfg.mask, grid)(2, torch.Generator().manual_seed(0))
+    meta = torch.device("meta")
+    model = build_jepa(cfg).to(meta)
+    side = cfg.data.image_size
+    x = torch.empty((2, 3, side, side) if len(grid) == 2 else (2, 3, cfg.data.num_frames, side, side), device=meta)
+    masks = [m.to(meta) for m in masks]
+    targets = model.compute_targets(x, masks)
+    loss, metrics = model.trainable(x, masks, targets)
+    metrics = {"loss/total": loss, **metrics, "repr/effective_rank": model.effective_rank(targets)}
+    assert {k: v.device for k, v in metrics.items()} == {k: meta for k in metrics}
+    logger = MetricLogger(tb_dir=None, device=meta, total_steps=1, samples_per_step=2, tokens_per_sample=1,
+                          is_main=False)
+    logger.accumulate(metrics)

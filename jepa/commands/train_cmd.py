@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -35,13 +34,6 @@ def _train(args: argparse.Namespace) -> int:
     from jepa.train.loop import train
 
     train(config.load(args.config, args.overrides))
-    if "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # DeepSpeed keeps references to its gloo/NCCL groups, whose threads can abort interpreter
-        # teardown ("terminate called without an active exception") after all work is done; the
-        # run folder is complete and flushed here, so leave without the teardown.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
     return 0
 
 

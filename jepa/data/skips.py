@@ -14,11 +14,12 @@ them, raises `UserError` naming the shards and the first errors. Nothing here ev
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 from jepa.errors import UserError
 
@@ -65,10 +66,21 @@ class SkipRecord:
         return f"{self.kind} at {where}: {self.message}"
 
 
+@dataclass(frozen=True)
+class SkipState:
+    """What a `SkipLog` must carry over a resume: its counts and whether its budget was judged."""
+
+    ok: int = 0
+    totals: tuple[tuple[str, int], ...] = ()
+    judged: bool = False
+
+
 class SkipLog:
     """Counts, logs and budgets the skips of one stream (one worker, or the merged eval stream).
 
     `window=None` counts and logs only (an evaluation worker: the main process judges the sum).
+    `state()` / `restore()` carry the counts and the budget over a resume; `muted()` ignores the
+    skips met while a resumed stream re-reads what the saved counts already hold.
     """
 
     def __init__(self, *, max_error_fraction: float = 1.0, where: str = "", window: int | None = 1000,
@@ -89,6 +101,7 @@ class SkipLog:
         self._failed_urls: dict[str, None] = {}  # ordered set
         self._first_taken = 0
         self._judged = False
+        self._muted = False
 
     @property
     def failed(self) -> int:
@@ -99,10 +112,28 @@ class SkipLog:
 
     def skip(self, kind: str, url: str, key: str, message: str) -> None:
         """Count one skipped sample or shard, log it (rate limited), stop if the budget is spent."""
+        if self._muted:
+            return
         record = SkipRecord(kind, url, key, message)
         self._count(record)
         self._log(record)
         self.check()
+
+    def state(self) -> SkipState:
+        return SkipState(self.ok_count, tuple(sorted(self.totals.items())), self._judged)
+
+    def restore(self, state: SkipState) -> None:
+        """Continue from a saved `state()` (counts and budget; the log's rate limiting starts anew)."""
+        self.ok_count, self.totals, self._judged = state.ok, Counter(dict(state.totals)), state.judged
+
+    @contextlib.contextmanager
+    def muted(self) -> Iterator[None]:
+        """Ignore skips inside the block: a resumed stream re-reading samples whose skips were counted."""
+        self._muted = True
+        try:
+            yield
+        finally:
+            self._muted = False
 
     def take(self) -> dict[str, int]:
         """Skips since the previous call, by kind (what a batch carries to the main process)."""

@@ -29,8 +29,7 @@ from PIL import Image
 from torch.utils.data import default_collate
 from torchvision.transforms.v2 import functional as TF
 
-from jepa.config import Config
-from jepa.config_rules import is_video_model
+from jepa.config import DataConfig
 from jepa.data.skips import SampleSkip
 from jepa.data.streams import RawSample
 from jepa.data.video import clip_step, open_video, sample_frame_indices
@@ -160,17 +159,13 @@ class SampleSpec:
     decoder: str
 
     @classmethod
-    def from_config(cls, cfg: Config, *, train: bool) -> SampleSpec:
-        d = cfg.data
+    def from_data(cls, d: DataConfig, *, clips: bool, train: bool) -> SampleSpec:
+        """The spec of `d`'s samples: clips of `d.num_frames` frames when `clips` (a video model;
+        images then become static clips), else images. Whoever builds the model decides `clips`."""
         return cls(size=d.image_size, crop_scale=tuple(d.crop_scale), hflip=d.hflip,
-                   clip_frames=d.num_frames if uses_clips(cfg) else 0, frame_step=d.frame_step,
+                   clip_frames=d.num_frames if clips else 0, frame_step=d.frame_step,
                    target_fps=d.target_fps, clips_per_video=d.clips_per_video if train else 1,
                    short_video=d.short_video, decoder=d.decoder)
-
-
-def uses_clips(cfg: Config) -> bool:
-    """Whether batches hold clips: any video source, or a video model. Images then become static clips."""
-    return is_video_model(cfg) or any(s.kind == "video" for s in cfg.data.sources)
 
 
 def parse_label(members: dict[str, bytes]) -> int:

@@ -9,9 +9,10 @@ One step is split in two so that DeepSpeed can wrap only the trainable part:
 context encoder, frozen, kept in eval mode and outside `trainable`, so a bf16 engine never casts it.
 
 Encoders: a ViT drops masked tokens (the context encoder runs only context tokens). MViT cannot drop
-tokens: it replaces non-context stage-0 cells by its learned mask token, and the context features
-are its output tokens at the context cells. Masks are defined on the encoder's output grid (for
-MViT v2 S, 16x224x224 -> 8x7x7); an output cell covers a whole box of stage-0 cells.
+tokens: it zeroes the pixels of non-context stage-0 cells, replaces those cells by its learned mask
+token, and the context features are its output tokens at the context cells. Masks are defined on the
+encoder's output grid (for MViT v2 S, 16x224x224 -> 8x7x7); an output cell covers a whole box of
+stage-0 cells.
 """
 
 from __future__ import annotations
@@ -23,20 +24,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from jepa.models.hierarchy import Level, level_targets, pooled_grid, pooled_loss, token_cells
+from jepa.models.hierarchy import (Level, LevelTarget, gather_level, level_targets, pooled_grid, pooled_loss,
+                                   token_cells)
+from jepa.models.mvit import expand_cells
 from jepa.models.vit import VisionTransformer, gather_tokens
-
-
-@dataclass
-class LevelTarget:
-    """One level's targets for one mask set, aligned with the concatenated target indices."""
-
-    value: torch.Tensor
-    """(B, Kt, C) fp32: the pooled, layer-normed target of each target token's cell."""
-    cells: torch.Tensor
-    """(B, Kt) int64: each target token's cell id; tokens of different target blocks never share one."""
-    num_cells: int
-    """Number of distinct cell ids (target blocks x pooled cells)."""
 
 
 @dataclass
@@ -73,10 +64,7 @@ def stage0_mask(keep: torch.Tensor, out_grid: tuple[int, ...], stage0_grid: tupl
             raise ValueError(f"MViT stage-0 grid {stage0_grid} is not a whole multiple of its output grid "
                              f"{out_grid}: choose a clip size whose grids divide (e.g. 16x224x224)")
         ratios.append(n0 // n)
-    masked = ~keep.view(keep.shape[0], *out_grid)
-    for axis, r in enumerate(ratios, start=1):
-        masked = masked.repeat_interleave(r, dim=axis)
-    return masked.flatten(1)
+    return expand_cells(~keep, grid=out_grid, factors=ratios).flatten(1)
 
 
 class Trainable(nn.Module):
@@ -102,8 +90,7 @@ class Trainable(nn.Module):
 
     def level_losses(self, preds: torch.Tensor, targets: list[LevelTarget]) -> list[torch.Tensor]:
         """Per level: its head on the (B, Kt, predictor width) predictions, pooled loss vs its targets."""
-        return [pooled_loss(head(preds), t.value, t.cells, t.num_cells, kind=self.loss_kind)
-                for head, t in zip(self.heads, targets, strict=True)]
+        return [pooled_loss(head(preds), t, kind=self.loss_kind) for head, t in zip(self.heads, targets, strict=True)]
 
     def forward(self, x: torch.Tensor, masks: list, targets: Targets) -> tuple[torch.Tensor, dict]:
         """Loss = sum over levels of weight x level loss, each averaged over the mask sets."""
@@ -125,7 +112,8 @@ class Trainable(nn.Module):
         level_losses = [loss / n for loss in level_losses]
         loss = sum(lv.weight * ll for lv, ll in zip(self.levels, level_losses))
         metrics = {f"loss/level{i}": ll.detach() for i, ll in enumerate(level_losses)}
-        metrics["mask/context_ratio"] = torch.tensor(context_ratio / n)   # from shapes: a host scalar
+        # From shapes, a host scalar: built on the device of the other metrics, which are stacked together.
+        metrics["mask/context_ratio"] = torch.tensor(context_ratio / n, device=x.device)
         metrics["mask/target_ratio"] = (target_ratio / n).detach()
         metrics.update(targets.metrics)
         return loss, metrics
@@ -165,8 +153,8 @@ class JEPA(nn.Module):
 
     @torch.no_grad()
     def compute_targets(self, x: torch.Tensor, masks: list) -> Targets:
-        """Run the target encoder on all tokens; gather each level's pooled targets at the targets of
-        every mask set."""
+        """Run the target encoder on all tokens; for every mask set, each level's targets at the target
+        tokens, averaged per (target block, cell) over those tokens only."""
         depth = len(self.target_encoder.block_dims)
         inner = sorted({lv.block for lv in self.levels if lv.block != depth - 1})
         return self.targets_from_output(self.target_encoder(x, return_blocks=inner), masks)
@@ -177,15 +165,18 @@ class JEPA(nn.Module):
         depth = len(self.target_encoder.block_dims)
         grid = tuple(out["grid"])
         device = out["tokens"].device
-        per_level = []  # (pooled targets (B, cells, C), cell of each output token (N,), cells)
+        per_level = []  # (per-output-token targets (B, N, C), cell of each output token or None, cells)
         for lv in self.levels:
             # The last block's target is the encoder's (normed) output, as in I-JEPA / V-JEPA.
             feats, lv_grid = (out["tokens"], grid) if lv.block == depth - 1 else out["blocks"][lv.block]
             lv_grid = tuple(lv_grid)
-            per_level.append((level_targets(feats, lv_grid, lv.pool),
-                              token_cells(grid, lv_grid, lv.pool, device=device),
+            cells = token_cells(grid, lv_grid, lv.pool, device=device)  # also refuses cells that split a token
+            # Pool 1 (then lv_grid == grid): each token is its own cell, the plain per-token loss.
+            per_level.append((level_targets(feats, level_grid=lv_grid, out_grid=grid),
+                              cells if any(p > 1 for p in lv.pool) else None,
                               math.prod(pooled_grid(lv_grid, lv.pool))))
-        levels = [[_gather_level(mask_set.targets, *lvl) for lvl in per_level] for mask_set in masks]
+        levels = [[gather_level(feats, mask_set.targets, cell_of_token=cells, cells_per_block=num)
+                   for feats, cells, num in per_level] for mask_set in masks]
         feats = out["tokens"]
         std = feats.float().reshape(-1, feats.shape[-1]).std(dim=0).mean()
         return Targets(levels=levels, grid=grid, features=feats, metrics={"repr/target_std": std})
@@ -197,14 +188,3 @@ class JEPA(nn.Module):
     def effective_rank(targets: Targets) -> torch.Tensor:
         """Effective rank of the target encoder's output features (costly: call every N steps)."""
         return effective_rank(targets.features)
-
-
-def _gather_level(blocks: list[torch.Tensor], pooled: torch.Tensor, cell_of_token: torch.Tensor,
-                  num_cells: int) -> LevelTarget:
-    """Targets of one level at the concatenated target indices; block j's cells are offset by
-    j * num_cells so that predictions of different blocks are never averaged together."""
-    idx = torch.cat(blocks, dim=1)
-    cells = cell_of_token[idx]
-    value = gather_tokens(pooled, cells)
-    offsets = torch.cat([torch.full_like(t, j * num_cells) for j, t in enumerate(blocks)], dim=1)
-    return LevelTarget(value=value, cells=cells + offsets, num_cells=num_cells * len(blocks))

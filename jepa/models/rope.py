@@ -23,6 +23,7 @@ back to the activations' dtype.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -179,7 +180,10 @@ class RotaryEmbedding(nn.Module):
         if len(grid) != self.ndim:
             raise ValueError(f"this {self.ndim}D RoPE needs a grid of {self.ndim} sides, got {tuple(grid)}")
         device = self.device_anchor.device
-        with torch.autocast(device.type, enabled=False):
+        # Autocast off so that the angles stay fp32 (a device without autocast has nothing to turn off).
+        no_autocast = torch.autocast(device.type, enabled=False) if torch.amp.is_autocast_available(device.type) \
+            else contextlib.nullcontext()
+        with no_autocast:
             pos = grid_coords(grid, coords=self.coords, normalize=self.normalize, ref_grid=ref_grid,
                               strides=strides, device=device)
             if transform is not None:

@@ -4,9 +4,10 @@ Layout of `output_dir/checkpoints`:
 
     latest                      tag of the newest complete checkpoint; replaced atomically, last
     step_00001000/              one checkpoint
-        *_model_states.pt       DeepSpeed: module (+ client state: step, config, data position)
+        *_model_states.pt       DeepSpeed: module (+ client state: step, config, world size)
         *_optim_states.pt       DeepSpeed: optimizer shards, one per rank
-        rank0.pt, rank1.pt ...  per-rank RNG state (python, numpy, torch) and data state
+        rank0.pt, rank1.pt ...  each rank's own state: RNG (python, numpy, torch, CUDA) and what
+                                the caller hands in (data position, skip counts, loss-spike guard)
         ema_target.pt           the fp32 EMA target's state_dict (identical on every rank)
         meta.json               commit marker, written by rank 0 after every rank has finished
     step_00001000.universal/    DeepSpeed universal form of a checkpoint, made for another world size
@@ -14,6 +15,9 @@ Layout of `output_dir/checkpoints`:
 A save writes everything into the tag folder, waits for all ranks, then rank 0 writes the commit
 marker and replaces `latest`. A crash before that leaves a folder without a marker, which
 discovery ignores, so `latest` always names a loadable checkpoint.
+
+Under ZeRO 0-2 DeepSpeed writes the client state from rank 0 only and every rank loads that copy,
+so anything that differs between ranks lives in the rank files, each written and read by its rank.
 """
 
 from __future__ import annotations
@@ -21,33 +25,31 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import re
 import shutil
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from jepa.config import Config, to_dict
 from jepa.errors import UserError
-from jepa.seeding import derive_seed
+from jepa.seeding import rng_state, seed_rng, set_rng_state
+from jepa.train.universal import UNIVERSAL_SUFFIX, convert_to_universal
 
 log = logging.getLogger(__name__)
 
 MARKER = "meta.json"
 EMA_FILE = "ema_target.pt"
 LATEST = "latest"
-UNIVERSAL_SUFFIX = ".universal"
 _TAG = re.compile(r"^step_(\d{8})(\.universal)?$")
 MODEL_SECTIONS = ("model", "hierarchy")
 """Config sections that define the network: a checkpoint only resumes a run that agrees on them."""
+BOOKKEEPING_SECTIONS = ("output_dir", "checkpoint", "logging", "launch")
+"""Config sections that do not change what is computed: a resume that changes them says nothing."""
 
 
 def tag_for(step: int) -> str:
@@ -76,12 +78,11 @@ class TrainState:
 
     step: int
     """Optimizer steps completed; the next step to run."""
-    data_position: Any
-    """The caller's global data position as saved (rank 0's copy)."""
-    rank_data_state: Any
-    """This rank's data state as saved; None for a rank that did not exist in the saved run."""
-    path: Path
-    """The checkpoint folder resumed from."""
+    rank_state: dict | None
+    """This rank's state as the caller saved it; None for a rank that did not exist in the saved run
+    (read `Checkpointer.rank_state(info, 0)` for what another rank had)."""
+    info: CheckpointInfo
+    """The checkpoint resumed from."""
 
 
 # ----------------------------------------------------------------------------- discovery
@@ -134,35 +135,6 @@ def _tag_step(name: str, *, universal: bool | None) -> int | None:
     return int(m.group(1))
 
 
-# ----------------------------------------------------------------------------- RNG
-
-def rng_state() -> dict[str, Any]:
-    """This process's random state: python, numpy, torch CPU (and the current CUDA device's)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-def seed_rng(seed: int, rank: int, step: int = 0) -> None:
-    """Seed python, numpy and torch from (seed, rank, step): distinct streams per rank and restart.
-
-    Call it after building the model (whose initial weights must not depend on the rank).
-    """
-    value = derive_seed(seed, rank, step, purpose="jepa-rng")
-    random.seed(value)
-    np.random.seed(value % 2**32)
-    torch.manual_seed(value)
-
-
 # ----------------------------------------------------------------------------- helpers
 
 def _barrier() -> None:
@@ -194,10 +166,10 @@ def _flatten(d: Any, prefix: str) -> dict[str, Any]:
     return {prefix: d}
 
 
-def model_differences(saved: dict, current: dict) -> list[str]:
-    """'key: checkpoint X, this run Y' for every model/hierarchy setting that differs."""
+def config_differences(saved: dict, current: dict, sections: tuple[str, ...] | None = None) -> list[str]:
+    """'key: checkpoint X, this run Y' for every setting that differs (in `sections`, or in all)."""
     diffs = []
-    for section in MODEL_SECTIONS:
+    for section in sections if sections is not None else sorted(saved.keys() | current.keys()):
         a, b = _flatten(saved.get(section, {}), section), _flatten(current.get(section, {}), section)
         for key in sorted(a.keys() | b.keys()):
             if a.get(key) != b.get(key):
@@ -205,30 +177,9 @@ def model_differences(saved: dict, current: dict) -> list[str]:
     return diffs
 
 
-def convert_to_universal(tag_dir: Path, *, workers: int = 4) -> Path:
-    """Convert one checkpoint to DeepSpeed's universal form (`<tag>.universal` next to it).
-
-    The universal form loads on any world size. The conversion runs DeepSpeed's ds_to_universal
-    in a fresh process and renames its output into place only when it has finished.
-    """
-    out = tag_dir.with_name(tag_dir.name + UNIVERSAL_SUFFIX)
-    if out.is_dir():
-        return out
-    tmp = tag_dir.with_name(tag_dir.name + UNIVERSAL_SUFFIX + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(tag_dir),
-           "--output_folder", str(tmp), "--num_extract_workers", str(workers),
-           "--num_merge_workers", str(max(1, workers // 2)), "--inject_missing_state"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    # ds_to_universal points a `latest_universal` file at its output folder; ours is `latest`.
-    (tag_dir.parent / "latest_universal").unlink(missing_ok=True)
-    if proc.returncode != 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-        raise UserError(f"converting {tag_dir} to a universal checkpoint failed "
-                        f"(`{' '.join(cmd)}` exited with {proc.returncode}):\n{tail}")
-    os.replace(tmp, out)
-    return out
+def model_differences(saved: dict, current: dict) -> list[str]:
+    """The differing model/hierarchy settings (see `config_differences`)."""
+    return config_differences(saved, current, MODEL_SECTIONS)
 
 
 # ----------------------------------------------------------------------------- the checkpointer
@@ -243,7 +194,7 @@ class Checkpointer:
                               load_universal=ckpt.needs_universal(ckpt.resume_point()))
         state = ckpt.resume(engine, target)      # None: a fresh run, start at step 0
         ...
-        ckpt.save(engine, target, step=step, data_position=..., rank_data_state=...)
+        ckpt.save(engine, target, step=step, rank_state={"data": ..., ...})   # this rank's own state
 
     `before_commit(tag_dir)` runs on every rank after its files are written and before the commit
     (a test hook for crashes in the middle of a save).
@@ -260,10 +211,10 @@ class Checkpointer:
 
     # --------------------------------------------------------------------- save
 
-    def save(self, engine, target: nn.Module, *, step: int, data_position: Any = None,
-             rank_data_state: Any = None) -> Path:
+    def save(self, engine, target: nn.Module, *, step: int, rank_state: dict | None = None) -> Path:
         """Write a complete checkpoint of `step`, commit it, then drop all but the newest keep_last.
 
+        `rank_state` is this rank's own state (picklable), handed back by `resume` to the same rank.
         A complete checkpoint of the same step already on disk is kept as it is.
         """
         from deepspeed.checkpoint.constants import UNIVERSAL_CHECKPOINT_INFO
@@ -275,12 +226,11 @@ class Checkpointer:
         if self.rank == 0:
             shutil.rmtree(tag_dir, ignore_errors=True)  # the remains of a save that crashed
         _barrier()
-        client_state = {"step": step, "config": self.config_dict, "data_position": data_position,
-                        "world_size": self.world_size,
+        client_state = {"step": step, "config": self.config_dict, "world_size": self.world_size,
                         # Lets ds_to_universal convert ZeRO-1/2 checkpoints for another world size.
                         UNIVERSAL_CHECKPOINT_INFO: {}}
         engine.save_checkpoint(str(self.root), tag=tag, client_state=client_state, save_latest=False)
-        torch.save({"rng": rng_state(), "data": rank_data_state}, tag_dir / f"rank{self.rank}.pt")
+        torch.save({"rng": rng_state(), "state": rank_state}, tag_dir / f"rank{self.rank}.pt")
         if self.rank == 0:
             torch.save({k: v.detach().cpu() for k, v in target.state_dict().items()}, tag_dir / EMA_FILE)
         if self.before_commit is not None:
@@ -350,7 +300,9 @@ class Checkpointer:
 
         On another world size the checkpoint is first converted to universal form (rank 0, once;
         `jepa checkpoint reshape` can do it ahead of time). Ranks beyond the saved world size get
-        fresh RNG streams from `seed_rng(seed, rank, step)` and no data state.
+        fresh RNG streams from `seed_rng(seed, rank, step)` and no rank state. Rank 0 logs every
+        setting that differs from the checkpoint's, since the run then differs from an
+        uninterrupted one.
         """
         info = self.resume_point()
         if info is None:
@@ -371,39 +323,36 @@ class Checkpointer:
             raise UserError(f"{info.path}: DeepSpeed found no model states to load; the folder is damaged. "
                             f"Remove it (and fix {self.root / LATEST}) to resume from an older checkpoint.")
         target.load_state_dict(torch.load(info.path / EMA_FILE, map_location="cpu", weights_only=True))
-        rank_data = self._restore_rank_state(info)
-        if self.rank == 0:
-            log.info("resuming from %s at step %d", info.path, client["step"])
-        return TrainState(step=int(client["step"]), data_position=client.get("data_position"),
-                          rank_data_state=rank_data, path=info.path)
-
-    def _restore_rank_state(self, info: CheckpointInfo) -> Any:
-        if self.rank >= info.world_size:
+        if self.rank < info.world_size:
+            saved = self._rank_file(info, self.rank)
+            set_rng_state(saved["rng"])
+            own = saved["state"]
+        else:
             seed_rng(self.cfg.seed, self.rank, info.step)
-            return None
-        state = torch.load(info.path / f"rank{self.rank}.pt", map_location="cpu", weights_only=False)
-        set_rng_state(state["rng"])
-        return state["data"]
+            own = None
+        if self.rank == 0:
+            self._announce(info, int(client["step"]))
+        return TrainState(step=int(client["step"]), rank_state=own, info=info)
 
+    def rank_state(self, info: CheckpointInfo, rank: int) -> dict | None:
+        """What `rank` saved in checkpoint `info` (the `rank_state` of its `save`)."""
+        return self._rank_file(info, rank)["state"]
 
-# ----------------------------------------------------------------------------- export
+    @staticmethod
+    def _rank_file(info: CheckpointInfo, rank: int) -> dict:
+        return torch.load(info.path / f"rank{rank}.pt", map_location="cpu", weights_only=False)
 
-def export_target(run_dir: str | Path, out_file: str | Path) -> Path:
-    """Write the EMA target encoder of a run's latest checkpoint as one fp32 safetensors file.
-
-    The model config goes into the file's metadata (`jepa.model`, JSON) and, readable, into a
-    JSON file next to it (`out_file` with suffix .json). Returns the safetensors path.
-    """
-    from safetensors.torch import save_file
-
-    out_file = Path(out_file)
-    info = require_latest(run_dir)
-    state = torch.load(info.path / EMA_FILE, map_location="cpu", weights_only=True)
-    # Own, contiguous copies: safetensors refuses tensors that share storage (tied weights).
-    tensors = {k: (v.float() if v.is_floating_point() else v).contiguous().clone() for k, v in state.items()}
-    meta = {"model": info.config["model"], "step": info.step, "checkpoint": str(info.path)}
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out_file), metadata={"jepa.model": json.dumps(meta["model"]),
-                                                "jepa.step": str(info.step)})
-    out_file.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
-    return out_file
+    def _announce(self, info: CheckpointInfo, step: int) -> None:
+        log.info("resuming from %s at step %d", info.path, step)
+        saved, now = info.world_size, self.world_size
+        if saved != now:
+            what = (f"ranks {saved}-{now - 1} start fresh data streams at the same epoch and batch" if now > saved
+                    else f"the data streams of ranks {now}-{saved - 1} end")
+            log.warning("the checkpoint was saved by %d ranks and this run has %d: ranks 0-%d continue their own "
+                        "data streams and %s, so the data order differs from an uninterrupted %d-rank run",
+                        saved, now, min(saved, now) - 1, what, saved)
+        changed = [d for d in config_differences(info.config, self.config_dict)
+                   if d.split(".")[0].split(":")[0] not in BOOKKEEPING_SECTIONS]
+        if changed:
+            log.warning("settings changed since the checkpoint, so the run from here on differs from an "
+                        "uninterrupted one:\n  %s", "\n  ".join(changed))

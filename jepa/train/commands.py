@@ -50,7 +50,8 @@ def list_command(args: argparse.Namespace) -> int:
 
 
 def reshape_command(args: argparse.Namespace) -> int:
-    from jepa.train.checkpoint import convert_to_universal, require_latest
+    from jepa.train.checkpoint import require_latest
+    from jepa.train.universal import convert_to_universal
 
     info = require_latest(args.run)
     if info.zero_stage == 0:
@@ -65,7 +66,7 @@ def reshape_command(args: argparse.Namespace) -> int:
 
 
 def export_command(args: argparse.Namespace) -> int:
-    from jepa.train.checkpoint import export_target
+    from jepa.train.export import export_target
 
     out = export_target(args.run, args.out)
     print(f"wrote {out} and {out.with_suffix('.json')}")

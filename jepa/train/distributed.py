@@ -66,3 +66,12 @@ def init_distributed() -> DistInfo:
     ensure_process_group()
     return DistInfo(rank=torch.distributed.get_rank(), world_size=torch.distributed.get_world_size(),
                     local_rank=local_rank, device=device)
+
+
+def shutdown() -> None:
+    """Leave the process group in order, so that interpreter teardown finds no live gloo/NCCL
+    threads (left to teardown they abort it with 'terminate called without an active exception',
+    a non-zero exit that SLURM reads as a failed job). Waits for every rank first."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

@@ -140,11 +140,12 @@ def optimizer_step(engine) -> torch.Tensor | None:
         own_norm = _grad_norm(engine.module)
     engine.step()
     norm = engine.get_global_grad_norm() if own_norm is None else own_norm
-    return torch.as_tensor(float("nan") if norm is None else norm, dtype=torch.float32)
+    # DeepSpeed hands back a float or a tensor depending on the ZeRO stage and precision.
+    return torch.as_tensor(float("nan") if norm is None else norm, dtype=torch.float32, device=engine.device)
 
 
 def _grad_norm(module: nn.Module) -> torch.Tensor:
     grads = [p.grad for p in module.parameters() if p.grad is not None]
     if not grads:
-        return torch.zeros(())
+        return torch.zeros((), device=next(module.parameters()).device)
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())

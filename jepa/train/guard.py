@@ -41,3 +41,12 @@ class LossSpikeGuard:
                 return True
         self.history.append(x)
         return False
+
+    def state_dict(self) -> dict:
+        return {"history": list(self.history), "skipped": self.skipped}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue with a saved history (the decisions after a resume are the uninterrupted run's)."""
+        self.history.clear()
+        self.history.extend(state["history"])
+        self.skipped = state["skipped"]

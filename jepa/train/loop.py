@@ -13,7 +13,7 @@ import torch
 from jepa.config import Config
 from jepa.train.engine import optimizer_step, set_optim_hparams
 from jepa.train.ema import ema_update
-from jepa.train.guard import LossSpikeGuard
+from jepa.train.distributed import shutdown
 from jepa.train.run import Run, build_run
 
 
@@ -22,19 +22,19 @@ def train(cfg: Config) -> dict[str, float]:
 
     Returns the last logged metrics (rank 0's view, averaged over ranks)."""
     run = build_run(cfg)
+    batches = iter(run.stream)
     try:
-        return _loop(run)
+        return _loop(run, batches)
     finally:
+        batches.close()  # joins the loader's workers
         run.metrics.close()
+        shutdown()
 
 
-def _loop(run: Run) -> dict[str, float]:
-    cfg, engine, model, metrics = run.cfg, run.engine, run.model, run.metrics
+def _loop(run: Run, batches) -> dict[str, float]:
+    cfg, engine, model, metrics, guard = run.cfg, run.engine, run.model, run.metrics, run.guard
     device, zero3 = run.dist.device, cfg.deepspeed.zero_stage == 3
     dtype = torch.bfloat16 if cfg.deepspeed.bf16 else torch.float32  # the engine's parameter dtype
-    guard = LossSpikeGuard(window=cfg.optim.loss_spike.window, k=cfg.optim.loss_spike.k) \
-        if cfg.optim.loss_spike.enabled else None
-    batches = iter(run.stream)
     last: dict[str, float] = {}
     step = run.start_step
     end = min(cfg.optim.total_steps, cfg.checkpoint.stop_at_step or cfg.optim.total_steps)
@@ -45,7 +45,7 @@ def _loop(run: Run) -> dict[str, float]:
         while grad_norm is None:  # micro-batches until DeepSpeed reaches the accumulation boundary
             t0 = time.perf_counter()
             batch = next(batches)
-            metrics.add_data(time.perf_counter() - t0, batch["skipped"])
+            metrics.add_data_wait(time.perf_counter() - t0)
             x = batch["x"].to(device, non_blocking=True)
             masks = [m.to(device, non_blocking=True) for m in batch["masks"]]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.deepspeed.bf16):
@@ -66,7 +66,7 @@ def _loop(run: Run) -> dict[str, float]:
             extra = {"optim/lr": lr, "optim/weight_decay": wd, "optim/ema_momentum": momentum}
             if guard is not None:
                 extra["guard/skipped_batches"] = guard.skipped
-            last = metrics.write(step, extra)
+            last = metrics.write(step, extra, skipped=run.stream.skipped)
         if step % cfg.checkpoint.every_steps == 0 or step == end:
-            run.checkpointer.save(engine, run.target, step=step, data_position=run.stream.position())
+            run.checkpointer.save(engine, run.target, step=step, rank_state=run.rank_state())
     return last

@@ -1,7 +1,9 @@
 """Training metrics: TensorBoard scalars in named namespaces and a concise console line.
 
-Per-step values stay on the device and are summed there; the host reads them once per logging
-interval (one sync, one all-reduce across ranks), so logging never adds a sync to ordinary steps.
+Per-step values stay on the training device and are summed there; the host reads them once per
+logging interval (one sync, one all-reduce across ranks), so logging never adds a sync to ordinary
+steps. A metric on another device is refused where it is added: stacked with the others it would
+fail on a GPU, and NCCL cannot all-reduce a CPU tensor.
 Namespaces: `loss/`, `optim/`, `time/`, `memory/`, `data/`, `mask/`, `repr/`, `guard/`.
 """
 
@@ -23,8 +25,9 @@ log = logging.getLogger("jepa.train")
 class MetricLogger:
     """Accumulates step metrics between logging points; rank 0 writes them."""
 
-    def __init__(self, *, tb_dir: Path | None, total_steps: int, samples_per_step: int,
+    def __init__(self, *, tb_dir: Path | None, device: torch.device, total_steps: int, samples_per_step: int,
                  tokens_per_sample: int, is_main: bool):
+        self.device = device
         self.total_steps = total_steps
         self.samples_per_step = samples_per_step
         self.tokens_per_sample = tokens_per_sample
@@ -36,7 +39,6 @@ class MetricLogger:
             self.writer = SummaryWriter(str(tb_dir))
         self._sums: dict[str, torch.Tensor] = {}
         self._counts: dict[str, int] = defaultdict(int)
-        self._skipped: dict[str, int] = defaultdict(int)
         self._data_wait = 0.0
         self._steps = 0
         self._t_last = time.perf_counter()
@@ -48,34 +50,35 @@ class MetricLogger:
             self.writer.add_text(tag, f"```\n{text}\n```", 0)
 
     def accumulate(self, metrics: dict[str, torch.Tensor]) -> None:
-        """Add one micro-batch's metrics (device tensors; summed without a host sync)."""
+        """Add one micro-batch's metrics (tensors on the training device; summed without a host sync)."""
         for key, value in metrics.items():
+            if value.device != self.device:
+                raise ValueError(f"metric {key} is on {value.device}, the training device is {self.device}: "
+                                 f"create it with device=")
             value = value.detach().float()
             self._sums[key] = self._sums[key] + value if key in self._sums else value.clone()
             self._counts[key] += 1
 
-    def add_data(self, wait_s: float, skipped: dict[str, int]) -> None:
+    def add_data_wait(self, wait_s: float) -> None:
         self._data_wait += wait_s
-        for kind, n in skipped.items():
-            self._skipped[kind] += int(n)
 
     def end_step(self) -> None:
         self._steps += 1
         self._steps_total += 1
 
-    def write(self, step: int, scalars: dict[str, float]) -> dict[str, float]:
-        """Reduce the interval's metrics across ranks and write them; returns what was written."""
+    def write(self, step: int, scalars: dict[str, float], skipped: dict[str, int]) -> dict[str, float]:
+        """Reduce the interval's metrics across ranks and write them with `scalars` and this rank's
+        skip totals `skipped` (summed over ranks); returns what was written."""
         keys = sorted(self._sums)
         means = [self._sums[k] / self._counts[k] for k in keys]
-        device = means[0].device if means else torch.device("cpu")
-        flat = torch.stack(means) if means else torch.zeros(0, device=device)
-        skipped: dict[str, float] = dict(self._skipped)
+        flat = torch.stack(means) if means else torch.zeros(0, device=self.device)
+        totals: dict[str, float] = dict(skipped)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             # Every rank logs the same metric keys (same code path), so a flat all-reduce lines
             # up; skip kinds may differ between ranks and are summed as dicts.
             dist.all_reduce(flat)
             flat /= dist.get_world_size()
-            skipped = _all_reduce_counts(self._skipped)
+            totals = _all_reduce_counts(skipped)
         values = dict(zip(keys, flat.tolist()))  # the one host sync of the interval
         now = time.perf_counter()
         elapsed = max(now - self._t_last, 1e-9)
@@ -86,9 +89,9 @@ class MetricLogger:
             "time/samples_per_s": samples / elapsed,
             "time/tokens_per_s": samples * self.tokens_per_sample / elapsed,
             "time/data_wait_frac": min(self._data_wait / elapsed, 1.0),
-            "memory/peak_gb": peak_memory_gb(device),
+            "memory/peak_gb": peak_memory_gb(self.device),
         })
-        for kind, n in sorted(skipped.items()):
+        for kind, n in sorted(totals.items()):
             values[f"data/skipped_{kind}"] = n
         if self.is_main:
             if self.writer is not None:

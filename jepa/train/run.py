@@ -3,7 +3,9 @@
 Order matters: whatever can refuse the run (the resume point, data settings, model and mask
 consistency) is checked before the run folder is written; then the engine (which must know whether
 it will load a universal checkpoint), the resumed state, and last the data stream positioned
-where the checkpoint left it.
+where the checkpoint left it. After the resume nothing draws from the global random generators
+before the first step, so a resumed run draws the noise (drop path, RoPE position augmentation)
+an uninterrupted one would have drawn.
 """
 
 from __future__ import annotations
@@ -18,14 +20,17 @@ import torch
 import torch.nn as nn
 
 from jepa.config import Config, to_yaml
-from jepa.data.shards import TrainStream, build_train_loader, check_train_data
+from jepa.config_rules import is_video_model
+from jepa.data.train_stream import DataPosition, TrainStream, build_train_loader, check_train_data
 from jepa.masks import build_mask_generator
 from jepa.models.factory import build_jepa, input_grid
 from jepa.models.jepa import JEPA
-from jepa.train.checkpoint import Checkpointer, seed_rng
+from jepa.seeding import seed_rng
+from jepa.train.checkpoint import Checkpointer, TrainState
 from jepa.train.distributed import DistInfo, init_distributed
 from jepa.train.ema import init_target
 from jepa.train.engine import build_engine
+from jepa.train.guard import LossSpikeGuard
 from jepa.train.metrics import MetricLogger
 from jepa.train.schedules import Schedules
 
@@ -43,12 +48,18 @@ class Run:
     stream: TrainStream
     schedules: Schedules
     metrics: MetricLogger
+    guard: LossSpikeGuard | None
     start_step: int
 
     @property
     def online_encoder(self) -> nn.Module:
         """The context encoder inside the engine (bf16 and partitioned as DeepSpeed made it)."""
         return self.engine.module.context_encoder
+
+    def rank_state(self) -> dict:
+        """This rank's own state for a checkpoint: where its data stream stands (with its skip
+        counts and error budgets) and the loss-spike guard's history."""
+        return {"data": self.stream.position(), "guard": self.guard.state_dict() if self.guard else None}
 
 
 def setup_logging(output_dir: Path, is_main: bool) -> None:
@@ -72,7 +83,8 @@ def build_run(cfg: Config) -> Run:
     # the data settings, the model (config consistency) and the masks (min_keep).
     checkpointer = Checkpointer(cfg, rank=dist.rank, world_size=dist.world_size)
     point = checkpointer.resume_point()
-    check_train_data(cfg)
+    clips = is_video_model(cfg)
+    check_train_data(cfg, clips=clips)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_jepa(cfg).to(dist.device)
     grid = input_grid(cfg)
@@ -93,11 +105,17 @@ def build_run(cfg: Config) -> Run:
     if state is None:
         seed_rng(cfg.seed, dist.rank)  # ranks draw different dropout / augmentation noise
         log.info("starting %s from step 0 (no checkpoint in %s)", out, checkpointer.root)
+    own = _own_state(checkpointer, state)
 
-    stream = build_train_loader(cfg, rank=dist.rank, world_size=dist.world_size, collate_masks=mask_generator,
-                                start=state.data_position if state else None)
+    stream = build_train_loader(cfg, clips=clips, rank=dist.rank, world_size=dist.world_size,
+                                collate_masks=mask_generator, start=own.get("data"))
+    guard = None
+    if cfg.optim.loss_spike.enabled:
+        guard = LossSpikeGuard(window=cfg.optim.loss_spike.window, k=cfg.optim.loss_spike.k)
+        if own.get("guard") is not None:
+            guard.load_state_dict(own["guard"])
     samples_per_step = cfg.data.batch_size * cfg.deepspeed.grad_accum_steps * dist.world_size
-    metrics = MetricLogger(tb_dir=out / "tb" if cfg.logging.tensorboard else None,
+    metrics = MetricLogger(tb_dir=out / "tb" if cfg.logging.tensorboard else None, device=dist.device,
                            total_steps=cfg.optim.total_steps, samples_per_step=samples_per_step,
                            tokens_per_sample=math.prod(grid), is_main=dist.is_main)
     metrics.add_text("config", to_yaml(cfg))
@@ -105,5 +123,16 @@ def build_run(cfg: Config) -> Run:
     log.info("%d ranks on %s, %.2fM trainable parameters, ZeRO-%d, bf16=%s, token grid %s",
              dist.world_size, dist.device, n_params / 1e6, cfg.deepspeed.zero_stage, cfg.deepspeed.bf16, grid)
     return Run(cfg=cfg, dist=dist, model=model, engine=engine, target=target, checkpointer=checkpointer,
-               stream=stream, schedules=Schedules.from_config(cfg), metrics=metrics,
+               stream=stream, schedules=Schedules.from_config(cfg), metrics=metrics, guard=guard,
                start_step=state.step if state else 0)
+
+
+def _own_state(checkpointer: Checkpointer, state: TrainState | None) -> dict:
+    """This rank's saved state; a rank the checkpoint did not have continues at rank 0's epoch and
+    batch with fresh data streams (the checkpointer says so on rank 0)."""
+    if state is None:
+        return {}
+    if state.rank_state is not None:
+        return state.rank_state
+    data = checkpointer.rank_state(state.info, 0)["data"]
+    return {"data": DataPosition(epoch=data.epoch, batch=data.batch)}

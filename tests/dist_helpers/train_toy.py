@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from jepa.train.checkpoint import Checkpointer, seed_rng, tag_for
+from jepa.seeding import seed_rng
+from jepa.train.checkpoint import Checkpointer, tag_for
 from jepa.train.ema import ema_update, init_target
 from jepa.train.engine import build_engine, ensure_process_group, optimizer_step, set_optim_hparams
 from jepa.train.schedules import Schedules
@@ -78,9 +79,8 @@ def main(spec: dict) -> None:
         seed_rng(cfg.seed, rank)
         step, cursor = 0, 0
     else:
-        step, cursor = state.step, (state.rank_data_state or {"cursor": 10_000})["cursor"]
-        out.update(resumed_step=state.step, resumed_data_position=state.data_position,
-                   resumed_rank_data=state.rank_data_state)
+        step, cursor = state.step, (state.rank_state or {"cursor": 10_000})["cursor"]
+        out.update(resumed_step=state.step, resumed_rank_state=state.rank_state)
     tensors = {"start_online": online_flat(online, zero3), "start_target": flat(target.parameters())}
     if zero3:
         out["partitioned"] = all(p.ds_tensor.numel() < p.ds_numel for p in online.parameters() if p.ds_numel > 1)
@@ -114,7 +114,7 @@ def main(spec: dict) -> None:
         out["grad_norms"].append(grad_norm.item())
         step += 1
         if step % cfg.checkpoint.every_steps == 0 or step == spec["stop_at"]:
-            ckpt.save(engine, target, step=step, data_position={"step": step}, rank_data_state={"cursor": cursor})
+            ckpt.save(engine, target, step=step, rank_state={"cursor": cursor, "rank": rank})
 
     tensors.update(online=online_flat(online, zero3), target=flat(target.parameters()))
     out.update(final_step=step, cursor=cursor, global_steps=engine.global_steps, adam_steps=adam_steps(engine))

@@ -1,0 +1,31 @@
+"""`jepa export`: the EMA target encoder of a run's latest checkpoint as one safetensors file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from jepa.train.checkpoint import EMA_FILE, require_latest
+
+
+def export_target(run_dir: str | Path, out_file: str | Path) -> Path:
+    """Write the EMA target encoder of a run's latest checkpoint as one fp32 safetensors file.
+
+    The model config goes into the file's metadata (`jepa.model`, JSON) and, readable, into a
+    JSON file next to it (`out_file` with suffix .json). Returns the safetensors path.
+    """
+    from safetensors.torch import save_file
+
+    out_file = Path(out_file)
+    info = require_latest(run_dir)
+    state = torch.load(info.path / EMA_FILE, map_location="cpu", weights_only=True)
+    # Own, contiguous copies: safetensors refuses tensors that share storage (tied weights).
+    tensors = {k: (v.float() if v.is_floating_point() else v).contiguous().clone() for k, v in state.items()}
+    meta = {"model": info.config["model"], "step": info.step, "checkpoint": str(info.path)}
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out_file), metadata={"jepa.model": json.dumps(meta["model"]),
+                                                "jepa.step": str(info.step)})
+    out_file.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out_file
