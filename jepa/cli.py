@@ -1,25 +1,20 @@
 """The `jepa` command. Thin: parse arguments, call the verb's handler, turn `UserError` into exit 2.
 
-Each verb lives in a module with `register(subparsers)`; modules keep heavy imports (torch,
-deepspeed, av) inside their handlers so that `jepa --help` answers at once.
+Every verb is a module of jepa/commands/ with `register(subparsers)`; modules keep heavy imports
+(torch, deepspeed, av) inside their handlers so that `jepa --help` answers at once.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 from jepa import __version__
+from jepa.commands import checkpoint, config, data, demo, export, train
 from jepa.errors import UserError
 
-# Modules that add verbs, in the order `jepa --help` lists them.
-VERB_MODULES = (
-    "jepa.commands.train_cmd",
-    "jepa.train.commands",
-    "jepa.data.commands",
-    "jepa.commands.config_cmd",
-)
+VERBS = (train, demo, export, checkpoint, data, config)
+"""The verb modules, in the order `jepa --help` lists them."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,8 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="jepa", description="Distributed H-JEPA and video JEPA pretraining.")
     parser.add_argument("--version", action="version", version=f"jepa {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
-    for name in VERB_MODULES:
-        importlib.import_module(name).register(sub)
+    for verb in VERBS:
+        verb.register(sub)
     return parser
 
 

@@ -17,7 +17,7 @@ from safetensors import safe_open
 from jepa import cli
 from jepa.config import from_dict, to_dict
 from jepa.errors import UserError
-from jepa.train import commands
+from jepa.commands import checkpoint as checkpoint_verb
 from jepa.seeding import rng_state, seed_rng, set_rng_state
 from jepa.train.checkpoint import (
     EMA_FILE, Checkpointer, committed_checkpoints, latest_checkpoint, model_differences, tag_for,
@@ -226,7 +226,7 @@ def test_export_without_checkpoint_is_a_user_error(tmp_path):
 
 def test_commands_parse_and_run(tmp_path, capsys):
     parser = argparse.ArgumentParser()
-    commands.register(parser.add_subparsers(dest="verb"))
+    checkpoint_verb.register(parser.add_subparsers(dest="verb"))
     cfg = make_cfg(tmp_path)
     fake_checkpoint(cfg, 4)
     args = parser.parse_args(["checkpoint", "list", str(tmp_path / "run")])

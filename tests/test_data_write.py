@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jepa.data import commands
+from jepa.commands import data as data_verb
 from jepa.data.skips import SkipLog
 from jepa.data.streams import expand_urls, read_shard
 from jepa.data.transforms import decode_image, parse_label
@@ -86,7 +86,7 @@ def folder(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
 
 def run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="jepa")
-    commands.register(parser.add_subparsers(dest="verb", required=True))
+    data_verb.register(parser.add_subparsers(dest="verb", required=True))
     args = parser.parse_args(argv)
     return args.func(args)
 

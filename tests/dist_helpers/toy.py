@@ -8,9 +8,7 @@ an exact resume needs the data cursor and every rank's RNG state back.
 
 from __future__ import annotations
 
-import os
 import random
-import sys
 
 import numpy as np
 import torch
@@ -74,15 +72,7 @@ def make_config(spec: dict) -> Config:
 
 
 def exit_now() -> None:
-    """End a finished helper process at once, with status 0.
+    """End a finished helper process the way `jepa train` ends (so its tests exercise that shutdown)."""
+    from jepa.train.distributed import shutdown
 
-    DeepSpeed keeps its process groups referenced from module globals, so their gloo threads are
-    still running when the interpreter tears down, and now and then the teardown aborts
-    ("terminate called without an active exception") after all work is done. The results are
-    written by then; skip the teardown.
-    """
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    shutdown()

@@ -1,4 +1,4 @@
-"""`jepa checkpoint list|reshape RUN` and `jepa export RUN OUT`: checkpoints outside a training run.
+"""`jepa checkpoint list|reshape RUN`: a run's checkpoints outside a training run.
 
 Heavy imports (torch, deepspeed) stay inside the handlers so that `jepa --help` answers at once.
 """
@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls = verbs.add_parser("list", help="complete checkpoints of a run (step, world size, ZeRO stage)",
                           description="List the complete checkpoints of RUN, oldest first.")
     ls.add_argument("run", help="run folder (the run's output_dir)")
-    ls.set_defaults(func=list_command)
+    ls.set_defaults(func=_list)
 
     reshape = verbs.add_parser(
         "reshape", help="convert the latest checkpoint to DeepSpeed's universal form (any world size)",
@@ -27,17 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "the run resumes on another number of ranks without converting at start-up.")
     reshape.add_argument("run", help="run folder (the run's output_dir)")
     reshape.add_argument("--workers", type=int, default=4, help="conversion processes (default 4)")
-    reshape.set_defaults(func=reshape_command)
-
-    export = sub.add_parser("export", help="write a run's EMA target encoder as safetensors",
-                            description="Write the EMA target encoder of RUN's latest checkpoint as one "
-                                        "fp32 safetensors file, with its model config as OUT.json.")
-    export.add_argument("run", help="run folder (the run's output_dir)")
-    export.add_argument("out", help="output file, e.g. encoder.safetensors")
-    export.set_defaults(func=export_command)
+    reshape.set_defaults(func=_reshape)
 
 
-def list_command(args: argparse.Namespace) -> int:
+def _list(args: argparse.Namespace) -> int:
     from jepa.train.checkpoint import committed_checkpoints
 
     infos = committed_checkpoints(Path(args.run) / "checkpoints")
@@ -49,7 +42,7 @@ def list_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def reshape_command(args: argparse.Namespace) -> int:
+def _reshape(args: argparse.Namespace) -> int:
     from jepa.train.checkpoint import require_latest
     from jepa.train.universal import convert_to_universal
 
@@ -62,12 +55,4 @@ def reshape_command(args: argparse.Namespace) -> int:
     out = convert_to_universal(info.path, workers=args.workers)
     print(f"{out}: universal form of step {info.step} (saved by {info.world_size} ranks); "
           f"a resume on another world size loads it")
-    return 0
-
-
-def export_command(args: argparse.Namespace) -> int:
-    from jepa.train.export import export_target
-
-    out = export_target(args.run, args.out)
-    print(f"wrote {out} and {out.with_suffix('.json')}")
     return 0

@@ -1,7 +1,4 @@
-"""`jepa train CONFIG [key=value ...]` and `jepa demo`.
-
-`jepa train` is one process, or one rank of many under torchrun / srun (the same command line).
-"""
+"""`jepa demo`: write synthetic image shards (once), pretrain the tiny H-JEPA on them, say where to look."""
 
 from __future__ import annotations
 
@@ -14,27 +11,12 @@ DEMO_DATA = Path("data/synth-image")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="pretrain (resumes from output_dir when it holds a checkpoint)",
-                       description="Pretrain a JEPA model. Run as is for one process, or under "
-                                   "torchrun/srun for one rank of many.")
-    p.add_argument("config", help="YAML config file (path, or a name under configs/)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optim.lr=3e-4")
-    p.set_defaults(func=_train)
-
     demo = sub.add_parser("demo", help="synthetic images -> a few minutes of tiny H-JEPA pretraining on CPU",
                           description=f"Write a synthetic image dataset to {DEMO_DATA}/ (once), then "
                                       f"pretrain configs/{DEMO_CONFIG}.yaml on it and say where the "
                                       f"TensorBoard logs are.")
     demo.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides of the demo config")
     demo.set_defaults(func=_demo)
-
-
-def _train(args: argparse.Namespace) -> int:
-    from jepa import config
-    from jepa.train.loop import train
-
-    train(config.load(args.config, args.overrides))
-    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
