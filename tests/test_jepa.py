@@ -275,9 +275,23 @@ def test_small_configs_train_one_step(name):
     grid = input_grid(cfg)
     masks = build_mask_generator(cfg.mask, grid)(cfg.data.batch_size, mask_rng(0, 0, 0, 0))
     frames = (cfg.data.num_frames,) if len(grid) == 3 else ()
-    loss, _ = model(torch.randn(cfg.data.batch_size, 3, *frames, cfg.data.image_size, cfg.data.image_size), masks)
+    x = torch.randn(cfg.data.batch_size, 3, *frames, cfg.data.image_size, cfg.data.image_size)
+    loss, _ = model(x, masks)
     loss.backward()
-    assert torch.isfinite(loss)
+    no_grad = [n for n, p in model.trainable.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert no_grad == [], f"parameters the loss does not reach: {no_grad}"
+    assert all(p.grad is None for p in model.target_encoder.parameters())
+    # A step against the gradient lowers the loss (eval mode: no drop path or position noise, so the
+    # two losses differ only by the step): the gradients point where the loss goes down.
+    model.eval()
+    model.zero_grad()
+    first, _ = model(x, masks)
+    first.backward()
+    with torch.no_grad():
+        for p in model.trainable.parameters():
+            p -= 1e-2 * p.grad
+    after, _ = model(x, masks)
+    assert after.item() < first.item() - 1e-4, (first.item(), after.item())
 
 
 @pytest.mark.parametrize("name", ["small/demo", "small/vjepa_vitl16"])
