@@ -173,8 +173,8 @@ def test_config_check_reports_a_broken_file(tmp_path, capsys):
 def test_every_field_is_documented():
     docs = field_docs()
     documented = {cls for _, cls in SECTION_ORDER}
-    schema = {obj for obj in vars(config).values()
-              if dataclasses.is_dataclass(obj) and obj.__module__ == config.__name__}
+    schema = {obj for obj in vars(config.schema).values()
+              if dataclasses.is_dataclass(obj) and obj.__module__ == config.schema.__name__}
     assert schema == documented, "every config section appears in the reference"
     missing = [f"{cls.__name__}.{f.name}" for cls in schema for f in dataclasses.fields(cls)
                if not docs[cls.__name__].get(f.name)]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from jepa import config
-from jepa.config_rules import ROPE_MIN_ROW_DISTANCE
+from jepa.config.rope_check import ROPE_MIN_ROW_DISTANCE
 from jepa.models.factory import build_jepa, input_grid
 
 CONFIGS = sorted(config.CONFIG_DIR.glob("**/*.yaml"))

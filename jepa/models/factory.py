@@ -1,8 +1,9 @@
 """Build encoders, predictor and the JEPA module from an experiment config.
 
-Image or video is decided by the config as `jepa.config` does: video when the backbone is MViT, the
-RoPE is 3D or the masks are 3D (`multiblock3d`, `tube`). Settings that contradict each other (3D
-RoPE with 2D masks, a video source for an image model, ...) are errors that name both keys.
+Image or video is decided by the config as `jepa.config.sizes.is_video_model` does: video when the
+backbone is MViT, the RoPE is 3D or the masks are 3D (`multiblock3d`, `tube`). Settings that
+contradict each other (3D RoPE with 2D masks, a video source for an image model, ...) are errors
+that name both keys.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import math
 import torch.nn as nn
 
 from jepa.config import Config
-from jepa.config_rules import is_video_model, vit_dims
+from jepa.config.sizes import is_video_model, vit_dims
 from jepa.errors import ConfigError
 from jepa.models.hierarchy import levels_from_config
 from jepa.models.jepa import JEPA

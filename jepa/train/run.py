@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from jepa.config import Config, to_yaml
-from jepa.config_rules import is_video_model
+from jepa.config.sizes import is_video_model
 from jepa.data.train_stream import DataPosition, TrainStream, build_train_loader, check_train_data
 from jepa.masks import build_mask_generator
 from jepa.models.factory import build_jepa, input_grid
