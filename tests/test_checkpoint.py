@@ -251,8 +251,9 @@ def test_export_verb_writes_the_ema_target(tmp_path, capsys):
         for k, v in state.items():
             got = f.get_tensor(k)
             assert got.dtype == v.dtype and torch.equal(got, v), k
+        assert json.loads(f.metadata()["jepa.config"]) == to_dict(cfg)  # the encoder rebuilds from the file
     assert json.loads(out.with_suffix(".json").read_text()) == {
-        "model": to_dict(cfg)["model"], "step": 5, "checkpoint": str(tag_dir)}
+        "model": to_dict(cfg)["model"], "step": 5, "checkpoint": str(tag_dir), "config": to_dict(cfg)}
 
 
 def test_export_verb_without_checkpoint_exits_2(tmp_path, capsys):
