@@ -10,10 +10,10 @@ import argparse
 import sys
 
 from jepa import __version__
-from jepa.commands import checkpoint, config, data, demo, export, train
+from jepa.commands import checkpoint, config, data, demo, export, probe, train
 from jepa.errors import UserError
 
-VERBS = (train, demo, export, checkpoint, data, config)
+VERBS = (train, demo, probe, export, checkpoint, data, config)
 """The verb modules, in the order `jepa --help` lists them."""
 
 
@@ -27,8 +27,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """The verb's arguments; `key=value` overrides may also come after the options (`jepa probe RUN
+    --train A --val B probe.linear_epochs=50`), where argparse alone would refuse them."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
         return int(args.func(args) or 0)
     except UserError as e:

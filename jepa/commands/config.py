@@ -59,7 +59,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _docs(args: argparse.Namespace) -> int:
-    from jepa.commands.config_docs import render
+    from jepa.config.docs import render
 
     sys.stdout.write(render())
     return 0

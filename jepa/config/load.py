@@ -65,6 +65,14 @@ def from_dict(raw: dict, origin: str = "<dict>") -> Config:
     return cfg
 
 
+def with_overrides(cfg: Config, overrides: list[str] | tuple[str, ...], origin: str = "<config>") -> Config:
+    """`cfg` with dotted `key=value` overrides applied, checked and validated like `load`'s."""
+    raw = to_dict(cfg)
+    for item in overrides:
+        _set_dotted(raw, *_parse_override(item))
+    return from_dict(raw, origin=origin)
+
+
 def to_yaml(cfg: Config) -> str:
     """The resolved config as YAML (what `output_dir/config.yaml` holds)."""
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))

@@ -30,9 +30,30 @@ def validate(cfg: Config) -> None:
     _check_deepspeed(cfg)
     _check_checkpoint_and_logging(cfg)
     _check_launch(cfg)
+    _check_probe_and_eval(cfg)
     if not cfg.output_dir:
         _fail("output_dir", cfg.output_dir, "give the run folder")
     _check_rope_rows(cfg)
+
+
+def _check_probe_and_eval(cfg: Config) -> None:
+    p, e = cfg.probe, cfg.eval
+    if not 0 < p.holdout_fraction < 1:
+        _fail("probe.holdout_fraction", p.holdout_fraction, "must lie in (0, 1)")
+    for key in ("batch_size", "n_last_blocks", "linear_epochs", "linear_batch_size", "attentive_epochs",
+                "attentive_batch_size"):
+        _positive(f"probe.{key}", getattr(p, key))
+    for key in ("linear_lrs", "linear_weight_decays", "knn_k", "attentive_lrs"):
+        values = getattr(p, key)
+        if not values or any(v < 0 or (v == 0 and key != "linear_weight_decays") for v in values):
+            _fail(f"probe.{key}", values, "give a non-empty list of positive values")
+    _positive("probe.knn_temperature", p.knn_temperature)
+    _positive("eval.every_steps", e.every_steps, allow_zero=True)
+    _positive("eval.knn_k", e.knn_k)
+    _positive("eval.knn_temperature", e.knn_temperature)
+    if e.every_steps and not (e.bank_urls and cfg.data.val_urls):
+        _fail("eval.every_steps", e.every_steps, "the online kNN needs labelled shards in eval.bank_urls (its "
+              "memory) and data.val_urls (its queries); set both, or eval.every_steps=0")
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -1,7 +1,7 @@
 """The experiment configuration schema: typed dataclasses (OmegaConf structured configs), one per section.
 
 Every field has a docstring under it giving its meaning and unit; `jepa config docs` reads them from
-this file's source (jepa/commands/config_docs.py) to write docs/configs.md. Loading, composition and
+this file's source (jepa/config/docs.py) to write docs/configs.md. Loading, composition and
 key checks live in jepa/config/load.py, value rules in jepa/config/rules.py.
 """
 
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import List, Optional
+
+from jepa.config.evaluation import EvalConfig, ProbeConfig
 
 
 @dataclass
@@ -151,8 +153,7 @@ class DataConfig:
     sources: List[SourceConfig] = field(default_factory=list)
     """Training sources, mixed by weight."""
     val_urls: str = ""
-    """Reserved: no command reads this key yet. Meant for labelled shards read once per evaluation
-    (probe, kNN); empty = none."""
+    """Labelled shards the online kNN queries (see `eval.every_steps`); empty = none."""
     batch_size: int = 32
     """Samples per micro-batch on each rank."""
     num_workers: int = 2
@@ -342,3 +343,7 @@ class Config:
     """Console and TensorBoard."""
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     """Cluster submission. Reserved: no command reads this section yet."""
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    """What `jepa probe` trains and how it chooses."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Online kNN during pretraining."""

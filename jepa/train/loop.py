@@ -67,6 +67,8 @@ def _loop(run: Run, batches) -> dict[str, float]:
             if guard is not None:
                 extra["guard/skipped_batches"] = guard.skipped
             last = metrics.write(step, extra, skipped=run.stream.skipped)
+        if run.online_knn.due(step):  # collective: every rank extracts its share
+            metrics.write_scalars(step, run.online_knn(run.target, device=device))
         if step % cfg.checkpoint.every_steps == 0 or step == end:
             run.checkpointer.save(engine, run.target, step=step, rank_state=run.rank_state())
     return last

@@ -106,6 +106,16 @@ class MetricLogger:
         self._t_last = now
         return values
 
+    def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        """Values computed outside the step (e.g. the online kNN) as they are, at `step` (rank 0)."""
+        if not self.is_main:
+            return
+        if self.writer is not None:
+            for key, value in scalars.items():
+                self.writer.add_scalar(key, value, step)
+            self.writer.flush()
+        log.info("step %d %s", step, " ".join(f"{k}={v:.4f}" for k, v in sorted(scalars.items())))
+
     def _console_line(self, step: int, v: dict[str, float], now: float) -> str:
         rate = self._steps_total / max(now - self._t_start, 1e-9)
         eta = (self.total_steps - step) / rate if rate > 0 else float("inf")

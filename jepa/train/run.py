@@ -22,6 +22,7 @@ import torch.nn as nn
 from jepa.config import Config, to_yaml
 from jepa.config.sizes import is_video_model
 from jepa.data.train_stream import DataPosition, TrainStream, build_train_loader, check_train_data
+from jepa.eval.online import OnlineKnn
 from jepa.masks import build_mask_generator
 from jepa.models.factory import build_jepa, input_grid
 from jepa.models.jepa import JEPA
@@ -49,6 +50,7 @@ class Run:
     schedules: Schedules
     metrics: MetricLogger
     guard: LossSpikeGuard | None
+    online_knn: OnlineKnn
     start_step: int
 
     @property
@@ -124,6 +126,7 @@ def build_run(cfg: Config) -> Run:
              dist.world_size, dist.device, n_params / 1e6, cfg.deepspeed.zero_stage, cfg.deepspeed.bf16, grid)
     return Run(cfg=cfg, dist=dist, model=model, engine=engine, target=target, checkpointer=checkpointer,
                stream=stream, schedules=Schedules.from_config(cfg), metrics=metrics, guard=guard,
+               online_knn=OnlineKnn(cfg, rank=dist.rank, world_size=dist.world_size),
                start_step=state.step if state else 0)
 
 

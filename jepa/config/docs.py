@@ -11,7 +11,7 @@ import dataclasses
 import inspect
 from typing import Any
 
-from jepa.config import schema
+from jepa.config import evaluation, schema
 
 SECTION_ORDER = (
     ("", schema.Config), ("model", schema.ModelConfig), ("model.rope", schema.RopeConfig),
@@ -21,15 +21,18 @@ SECTION_ORDER = (
     ("data.sources[]", schema.SourceConfig), ("optim", schema.OptimConfig),
     ("optim.loss_spike", schema.LossSpikeConfig), ("ema", schema.EmaConfig),
     ("deepspeed", schema.DeepSpeedConfig), ("checkpoint", schema.CheckpointConfig),
-    ("logging", schema.LoggingConfig), ("launch", schema.LaunchConfig),
+    ("logging", schema.LoggingConfig), ("launch", schema.LaunchConfig), ("probe", evaluation.ProbeConfig),
+    ("eval", evaluation.EvalConfig),
 )
+SCHEMA_MODULES = (schema, evaluation)
+"""The modules whose dataclasses make the schema."""
 
 
 def field_docs() -> dict[str, dict[str, str]]:
-    """{class name: {field name: docstring}} for every dataclass in jepa/config/schema.py."""
-    tree = ast.parse(inspect.getsource(schema))
+    """{class name: {field name: docstring}} for every dataclass of the schema modules."""
     docs: dict[str, dict[str, str]] = {}
-    for node in tree.body:
+    nodes = [n for module in SCHEMA_MODULES for n in ast.parse(inspect.getsource(module)).body]
+    for node in nodes:
         if not isinstance(node, ast.ClassDef):
             continue
         fields: dict[str, str] = {}
