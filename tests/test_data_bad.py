@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jepa.config import Config, from_dict
-from jepa.data.eval_stream import build_eval_loader
-from jepa.data.train_stream import build_train_loader
+from jepa.config import from_dict
 from jepa.data.skips import SkipLog
 from jepa.data.video import encode_mp4
 from jepa.errors import UserError
+from stream_helpers import eval_loader, train_loader
 
 SIZE = 16
 
@@ -73,18 +72,6 @@ def config(urls: str, kind: str = "image", **data):
     model = {"patch_size": 8, **({"rope": {"kind": "3d"}} if kind == "video" else {})}
     return from_dict({"data": base, "model": model, **({"mask": {"kind": "multiblock3d"}} if kind == "video" else {})})
 
-
-def has_video(cfg: Config) -> bool:
-    return any(s.kind == "video" for s in cfg.data.sources)
-
-
-def train_loader(cfg: Config, **kw):
-    """The training stream, producing clips when a source holds videos (as a video model's run would)."""
-    return build_train_loader(cfg, clips=has_video(cfg), **kw)
-
-
-def eval_loader(urls: str, *, cfg: Config, **kw):
-    return build_eval_loader(urls, cfg=cfg, clips=has_video(cfg), **kw)
 
 
 @pytest.fixture

@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from jepa.config import Config, from_dict
-from jepa.data.eval_stream import build_eval_loader
-from jepa.data.train_stream import DataPosition, WorkerCursor, build_train_loader
+from jepa.data.train_stream import DataPosition, WorkerCursor
 from jepa.data.write import ShardSample, ShardSink, write_synthetic
 from jepa.masks import mask_rng
+from stream_helpers import eval_loader, train_loader
 
 SHARD_SIZES = (7, 3, 11, 1, 5)  # unequal on purpose: 27 samples
 SIZE = 16
@@ -53,18 +53,6 @@ def config(urls: str, seed: int = 3, **data) -> Config:
     base.update(data)
     return from_dict({"data": base, "model": {"patch_size": 8}, "seed": seed})
 
-
-def has_video(cfg: Config) -> bool:
-    return any(s.kind == "video" for s in cfg.data.sources)
-
-
-def train_loader(cfg: Config, **kw):
-    """The training stream, producing clips when a source holds videos (as a video model's run would)."""
-    return build_train_loader(cfg, clips=has_video(cfg), **kw)
-
-
-def eval_loader(urls: str, *, cfg: Config, **kw):
-    return build_eval_loader(urls, cfg=cfg, clips=has_video(cfg), **kw)
 
 
 class FakeMasks:

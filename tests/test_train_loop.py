@@ -85,13 +85,18 @@ def scalars(run_dir: Path) -> dict[str, dict[int, float]]:
 
 @pytest.mark.slow
 def test_run_folder_tensorboard_exact_resume_and_export(shards, tmp_path):
-    straight, parted = train_straight_and_parted(shards, tmp_path)
+    online_knn = {"eval.every_steps": 2, "eval.bank_urls": shards, "data.val_urls": shards, "eval.knn_k": 5}
+    straight, parted = train_straight_and_parted(shards, tmp_path, **online_knn)
     assert (straight / "config.yaml").is_file() and "step 8/8" in (straight / "train.log").read_text()
     assert config.load(straight / "config.yaml").optim.total_steps == 8  # the resolved config reloads
     assert (straight / "checkpoints" / "latest").read_text() == "step_00000008"
     tb = scalars(straight)
     assert EXPECTED_SCALARS <= set(tb), f"missing: {EXPECTED_SCALARS - set(tb)}"
     assert_same_run(straight, parted)
+    # The online kNN: every 2 steps, once per step across the stop and the resume, the same values.
+    knn = scalars(parted)["eval/knn_top1"]
+    assert sorted(knn) == [2, 4, 6, 8] and knn == tb["eval/knn_top1"]
+    assert all(0.0 <= v <= 1.0 for v in knn.values())
 
     # Export: the consolidated file holds exactly the EMA target encoder of the last checkpoint.
     from jepa.cli import main
@@ -103,6 +108,18 @@ def test_run_folder_tensorboard_exact_resume_and_export(shards, tmp_path):
     assert exported.keys() == ema.keys()
     for name in ema:
         assert torch.equal(exported[name], ema[name].float())
+
+    # The probe's context encoder (ZeRO 2, bf16): DeepSpeed's fp32 master weights, which round to the
+    # bf16 weights the engine ran with.
+    from jepa.eval.encoder import load_encoder
+
+    context = load_encoder(straight, which="context").module.state_dict()
+    module = torch.load(next((straight / "checkpoints/step_00000008").glob("mp_rank_*_model_states.pt")),
+                        weights_only=False)["module"]
+    ran = {k[len("context_encoder."):]: v for k, v in module.items() if k.startswith("context_encoder.")}
+    assert context.keys() == ran.keys()
+    for name, value in ran.items():
+        assert context[name].dtype == torch.float32 and torch.equal(context[name].to(value.dtype), value), name
 
 
 NOISE = {"model.drop_path": 0.2, "model.rope.shift": 0.1, "model.rope.jitter": 0.1, "model.rope.rescale": 0.2}

@@ -14,7 +14,6 @@ Everything runs in float32: V-JEPA's probe autocasts to float16 under a flag nam
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -23,10 +22,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from jepa.eval.holdout import (ProbeResult, check_labels, head_results, holdout_split, top5_k,
-                             topk_hits)
+from jepa.eval.holdout import (ProbeResult, check_labels, head_results, holdout_split, minibatches,
+                               top5_k, topk_hits)
 from jepa.seeding import derive_seed
-from jepa.train.schedules import cosine_ramp
 
 INIT_STD = 0.02
 
@@ -110,20 +108,14 @@ def train_attentive(tokens: Tensor, y: Tensor, *, num_classes: int, lr: float, w
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=lr)
-    total_steps = epochs * math.ceil(n / batch_size)
-    generator = torch.Generator().manual_seed(derive_seed(seed, purpose="probe-order"))
-    step = 0
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=generator).to(device)
-        for batch in order.split(batch_size):
-            for group in optimizer.param_groups:
-                group["lr"] = lr * cosine_ramp(step, begin=1.0, end=0.0, total_steps=total_steps)
-            # Tokens may be stored in bf16 to save memory; the probe computes in float32.
-            loss = F.cross_entropy(model(tokens[batch].float()), y[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
+    for batch, factor in minibatches(n, batch_size=batch_size, epochs=epochs, seed=seed, device=device):
+        for group in optimizer.param_groups:
+            group["lr"] = lr * factor
+        # Tokens may be stored in bf16 to save memory; the probe computes in float32.
+        loss = F.cross_entropy(model(tokens[batch].float()), y[batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
     return model.eval()
 
 

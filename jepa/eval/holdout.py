@@ -8,13 +8,15 @@ features, and val is only looked at afterwards: the reported val figure is an ho
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import Tensor
 
 from jepa.seeding import derive_seed
+from jepa.train.schedules import cosine_ramp
 
 
 def holdout_split(labels: Tensor, *, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
@@ -126,3 +128,16 @@ def head_results(*, settings: Sequence[tuple[float, float]], holdout_hits: Tenso
                              val_top1=v[0], val_top5=v[1])
                   for (lr, wd), h, v in zip(settings, hold, val, strict=True))
     return heads, choose_head([h.holdout_top1 for h in heads])
+
+
+def minibatches(n: int, *, batch_size: int, epochs: int, seed: int,
+                device: torch.device) -> Iterator[tuple[Tensor, float]]:
+    """(indices on `device`, cosine lr factor from 1 to 0) for every step of `epochs` seeded passes
+    over n samples: the one batch order the trained probes share, whatever their grid."""
+    total_steps = epochs * math.ceil(n / batch_size)
+    generator = torch.Generator().manual_seed(derive_seed(seed, purpose="probe-order"))
+    step = 0
+    for _ in range(epochs):
+        for batch in torch.randperm(n, generator=generator).to(device).split(batch_size):
+            yield batch, cosine_ramp(step, begin=1.0, end=0.0, total_steps=total_steps)
+            step += 1

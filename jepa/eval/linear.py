@@ -15,7 +15,6 @@ instead of two.
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -23,10 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from jepa.eval.holdout import (ProbeResult, check_labels, head_results, holdout_split, top5_k,
-                             topk_hits)
-from jepa.seeding import derive_seed
-from jepa.train.schedules import cosine_ramp
+from jepa.eval.holdout import (ProbeResult, check_labels, head_results, holdout_split, minibatches,
+                               top5_k, topk_hits)
 
 MOMENTUM = 0.9
 LR_REFERENCE_BATCH = 256
@@ -76,24 +73,18 @@ def train_linear_heads(x: Tensor, y: Tensor, *, num_classes: int, lrs: Sequence[
     momentum_w, momentum_b = torch.zeros_like(weight), torch.zeros_like(bias)
     base_lr = torch.tensor(lrs, dtype=torch.float32, device=device)
     wd = torch.tensor(weight_decays, dtype=torch.float32, device=device)[:, None, None]
-    total_steps = epochs * math.ceil(n / batch_size)
-    generator = torch.Generator().manual_seed(derive_seed(seed, purpose="probe-order"))
-    step = 0
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=generator).to(device)
-        for batch in order.split(batch_size):
-            logits = heads.logits(x[batch])  # (H, B, C)
-            target = y[batch][:, None].expand(-1, num_heads)
-            # (B, C, H) against (B, H): per-head mean over the batch, then summed over heads.
-            loss = F.cross_entropy(logits.permute(1, 2, 0), target, reduction="none").mean(0).sum()
-            grad_w, grad_b = torch.autograd.grad(loss, (weight, bias))
-            lr = base_lr * cosine_ramp(step, begin=1.0, end=0.0, total_steps=total_steps)
-            with torch.no_grad():
-                momentum_w.mul_(MOMENTUM).add_(grad_w + wd * weight)
-                momentum_b.mul_(MOMENTUM).add_(grad_b)
-                weight.sub_(lr[:, None, None] * momentum_w)
-                bias.sub_(lr[:, None] * momentum_b)
-            step += 1
+    for batch, factor in minibatches(n, batch_size=batch_size, epochs=epochs, seed=seed, device=device):
+        logits = heads.logits(x[batch])  # (H, B, C)
+        target = y[batch][:, None].expand(-1, num_heads)
+        # (B, C, H) against (B, H): per-head mean over the batch, then summed over heads.
+        loss = F.cross_entropy(logits.permute(1, 2, 0), target, reduction="none").mean(0).sum()
+        grad_w, grad_b = torch.autograd.grad(loss, (weight, bias))
+        lr = base_lr * factor
+        with torch.no_grad():
+            momentum_w.mul_(MOMENTUM).add_(grad_w + wd * weight)
+            momentum_b.mul_(MOMENTUM).add_(grad_b)
+            weight.sub_(lr[:, None, None] * momentum_w)
+            bias.sub_(lr[:, None] * momentum_b)
     return LinearHeads(weight=weight.detach(), bias=bias.detach())
 
 
