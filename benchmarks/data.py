@@ -28,7 +28,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 from jepa.config import Config, from_dict  # noqa: E402
-from jepa.data.shards import build_train_loader  # noqa: E402
+from jepa.config.sizes import is_video_model  # noqa: E402
+from jepa.data.train_stream import build_train_loader  # noqa: E402
 from jepa.data.skips import SkipLog  # noqa: E402
 from jepa.data.streams import expand_urls, read_shard  # noqa: E402
 from jepa.data.transforms import SampleSpec, collate, decode_sample, normalize  # noqa: E402
@@ -94,7 +95,7 @@ class Run:
 
 def plain_loop(urls: str, cfg: Config, samples: int) -> Run:
     """Decode + transform + collate + normalise + masks over the shards in order, in this process."""
-    spec = SampleSpec.from_config(cfg, train=True)
+    spec = SampleSpec.from_data(cfg.data, clips=is_video_model(cfg), train=True)
     masks = masks_for(cfg)
     log = SkipLog(window=None)
     kind = cfg.data.sources[0].kind
@@ -118,7 +119,8 @@ def plain_loop(urls: str, cfg: Config, samples: int) -> Run:
 
 def pipeline(cfg: Config, batches: int) -> Run:
     """The training stream, timed from its third batch (worker start-up and buffer fill excluded)."""
-    stream = iter(build_train_loader(cfg, rank=0, world_size=1, collate_masks=masks_for(cfg), start=None))
+    stream = iter(build_train_loader(cfg, clips=is_video_model(cfg), rank=0, world_size=1,
+                                     collate_masks=masks_for(cfg), start=None))
     for _ in range(2):
         next(stream)
     wall, main, children = time.perf_counter(), time.process_time(), _children_cpu()

@@ -11,8 +11,10 @@ import tarfile
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from jepa import cli
 from jepa.config import from_dict, to_dict
@@ -166,3 +168,39 @@ def _strip_labels(path: Path) -> None:
     with tarfile.open(path, "w") as tar:
         for member, data in members:
             tar.addfile(member, io.BytesIO(data))
+
+
+def test_evaluation_views_and_clips_are_rows_of_one_sample_averaged_into_one_feature(tmp_path, shards):
+    from jepa.data.eval_stream import build_eval_loader
+    from jepa.data.write import ShardSample, ShardSink
+    from jepa.eval.features import _mean_over_views
+    from jepa.errors import UserError
+    from stream_helpers import eval_loader
+
+    wide = np.zeros((32, 64, 3), np.uint8)
+    wide[:, :, 0] = np.arange(64, dtype=np.uint8)[None, :] * 4  # red grows left to right
+    buf = io.BytesIO()
+    Image.fromarray(wide).save(buf, format="PNG")
+    (tmp_path / "wide").mkdir()
+    sink = ShardSink(tmp_path / "wide", shard_size=1, prefix="shard")
+    sink.write(ShardSample("w0", "png", buf.getvalue(), label=1))
+    sink.close()
+    cfg = from_dict({"data": {"image_size": 16, "eval_views": 3, "num_workers": 0}, "model": {"patch_size": 8}})
+    stream = eval_loader(str(tmp_path / "wide" / "shard-000000.tar"), cfg=cfg, rank=0, world_size=1, batch_size=2)
+    batches = list(stream)
+    assert [b["view"] for b in batches] == [[0, 1], [2]] and stream.samples == 1  # one sample, three crops
+    red = [x[0].mean().item() for b in batches for x in b["x"]]
+    assert red[0] < red[1] < red[2]  # left, centre, right
+
+    video = from_dict({"data": {"image_size": 32, "num_frames": 4, "frame_step": 1, "eval_clips": 2,
+                                "num_workers": 0}, "model": {"patch_size": 16, "rope": {"kind": "3d"}},
+                       "mask": {"kind": "multiblock3d"}})
+    (batch,) = list(build_eval_loader(shards["video"], cfg=video, clips=True, rank=0, world_size=1, batch_size=8))
+    assert batch["view"] == [0, 1] * 4 and batch["x"].shape == (8, 3, 4, 32, 32)
+    assert not torch.equal(batch["x"][0], batch["x"][1])  # the two clips start at 1/4 and 3/4 of the video
+
+    pooled = torch.tensor([[1.0], [3.0], [10.0]])
+    feats = _mean_over_views(["a", "a", "b"], [0, 1, 0], torch.tensor([2, 2, 5]), pooled, None)
+    assert feats.keys == ["a", "b"] and feats.labels.tolist() == [2, 5] and feats.pooled.flatten().tolist() == [2.0, 10.0]
+    with pytest.raises(UserError, match="appears twice"):
+        _mean_over_views(["a", "a"], [0, 0], torch.tensor([1, 1]), pooled[:2], None)

@@ -184,7 +184,7 @@ def _check_data(cfg: Config) -> None:
         if not s.urls:
             _fail(f"data.sources[{i}].urls", s.urls, "give the shard URLs, e.g. /data/train-{000..099}.tar")
     for key in ("batch_size", "samples_per_epoch", "shuffle_buffer", "image_size", "num_frames",
-                "frame_step", "clips_per_video", "error_window"):
+                "frame_step", "clips_per_video", "eval_clips", "eval_views", "error_window"):
         _positive(f"data.{key}", getattr(d, key))
     _positive("data.num_workers", d.num_workers, allow_zero=True)
     if d.target_fps is not None:

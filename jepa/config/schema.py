@@ -176,6 +176,12 @@ class DataConfig:
     """Video: sample at this rate instead of `frame_step` (frames per second); null = use frame_step."""
     clips_per_video: int = 1
     """Video: independent clips drawn from each video."""
+    eval_clips: int = 1
+    """Evaluation (probes, online kNN): clips per video, evenly spaced over it (1 = the centre clip);
+    a video's features are the mean over its clips and views."""
+    eval_views: int = 1
+    """Evaluation: square crops per image or clip, evenly spaced along the longer side (1 = the centre
+    crop, 3 = both ends and the centre)."""
     short_video: str = "pad"
     """Video shorter than one clip: `pad` (repeat the last frame) or `skip`."""
     decoder: str = "pyav"

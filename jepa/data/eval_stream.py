@@ -45,15 +45,16 @@ class _EvalWorkerData(IterableDataset):
         for url in p.shards[worker::workers]:
             for sample in streams.read_shard(url, skips):
                 try:
-                    (item,) = decode_sample(sample, p.spec, kind=None, rng=None)
+                    views = decode_sample(sample, p.spec, kind=None, rng=None)
                 except SampleSkip as e:
                     skips.skip(e.kind, sample.url, sample.key, e.message)
                     continue
                 skips.ok()
-                items.append((*item, sample.key))
-                if len(items) == p.batch_size:
-                    yield pack(_eval_batch(items, skips))
-                    items = []
+                for view, item in enumerate(views):
+                    items.append((*item, sample.key, view))
+                    if len(items) == p.batch_size:
+                        yield pack(_eval_batch(items, skips))
+                        items = []
         if items:
             yield pack(_eval_batch(items, skips))
         yield {"_tally": skips.take(), "_first": skips.take_first()}
@@ -62,16 +63,19 @@ class _EvalWorkerData(IterableDataset):
 def _eval_batch(items: list[tuple], skips: SkipLog) -> dict:
     batch = collate([item[:2] for item in items])
     batch["key"] = [item[2] for item in items]
+    batch["view"] = [item[3] for item in items]
     batch["skipped"] = skips.take()
     batch["_first"] = skips.take_first()
     return batch
 
 
 class EvalStream:
-    """Every sample of a rank's share of the shards, once: dicts {"x", "label", "key", "skipped"}.
+    """Every sample of a rank's share of the shards, once: dicts {"x", "label", "key", "view", "skipped"}.
 
-    "x" and "label" are as in `TrainStream` (evaluation transforms: centre crop, centre clip);
-    "key" is the list of sample keys. The last batch may be smaller. Ranks may hold different
+    "x" and "label" are as in `TrainStream` (evaluation transforms: `data.eval_clips` clips per
+    video x `data.eval_views` crops, one row each; by default the centre clip and crop); "key" is
+    the list of sample keys and "view" the index of each row among its sample's clips and views
+    (a sample's rows follow each other, possibly across two batches). The last batch may be smaller. Ranks may hold different
     numbers of samples, and with fewer shards than ranks x workers some hold none, so callers must
     not run a collective per batch: gather results after the loop, using `samples` (read after
     iterating) or `expected_samples()` (before, from the shards' manifest) to size an all-reduce.
@@ -114,8 +118,9 @@ class EvalStream:
                 self.skipped.update(batch["_tally"])
                 continue
             batch = unpack(batch, pin_memory=self._pin_memory)
-            skips.merge(batch["skipped"], len(batch["key"]), first)
-            self.samples += len(batch["key"])
+            new = batch["view"].count(0)
+            skips.merge(batch["skipped"], new, first)
+            self.samples += new
             self.skipped.update(batch["skipped"])
             skips.check()
             yield batch

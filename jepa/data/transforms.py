@@ -115,6 +115,22 @@ def centre_crop_box(height: int, width: int, fraction: float = EVAL_CROP_FRACTIO
     return Box((height - side) // 2, (width - side) // 2, side, side)
 
 
+def eval_view_boxes(height: int, width: int, views: int, fraction: float = EVAL_CROP_FRACTION) -> list[Box]:
+    """`views` evaluation crops: the centre crop's square, placed evenly along the longer side
+    (1 view: the centre crop; 3: both ends and the centre)."""
+    centre = centre_crop_box(height, width, fraction)
+    if views == 1:
+        return [centre]
+    slack_h, slack_w = height - centre.height, width - centre.width
+    along_h = slack_h >= slack_w
+    boxes = []
+    for v in range(views):
+        offset = round(v * (slack_h if along_h else slack_w) / (views - 1))
+        boxes.append(Box(offset, centre.left, centre.height, centre.width) if along_h
+                     else Box(centre.top, offset, centre.height, centre.width))
+    return boxes
+
+
 def apply_box(pixels: torch.Tensor, box: Box, size: int) -> torch.Tensor:
     """Crop `box` from (..., 3, H, W) uint8, resize to size x size (bilinear, antialiased), flip."""
     out = TF.resized_crop(pixels, box.top, box.left, box.height, box.width, [size, size], antialias=True)
@@ -157,6 +173,10 @@ class SampleSpec:
     clips_per_video: int
     short_video: str
     decoder: str
+    eval_clips: int = 1
+    """Evaluation: clips per video at evenly spaced positions."""
+    eval_views: int = 1
+    """Evaluation: crops per image or clip, evenly spaced along the longer side."""
 
     @classmethod
     def from_data(cls, d: DataConfig, *, clips: bool, train: bool) -> SampleSpec:
@@ -165,7 +185,8 @@ class SampleSpec:
         return cls(size=d.image_size, crop_scale=tuple(d.crop_scale), hflip=d.hflip,
                    clip_frames=d.num_frames if clips else 0, frame_step=d.frame_step,
                    target_fps=d.target_fps, clips_per_video=d.clips_per_video if train else 1,
-                   short_video=d.short_video, decoder=d.decoder)
+                   short_video=d.short_video, decoder=d.decoder, eval_clips=1 if train else d.eval_clips,
+                   eval_views=1 if train else d.eval_views)
 
 
 def parse_label(members: dict[str, bytes]) -> int:
@@ -188,7 +209,8 @@ def parse_label(members: dict[str, bytes]) -> int:
 
 def decode_sample(raw: RawSample, spec: SampleSpec, *, kind: str | None,
                   rng: random.Random | None) -> list[tuple[torch.Tensor, int]]:
-    """(pixels uint8, label) pairs of one raw sample; several for a video with clips_per_video > 1.
+    """(pixels uint8, label) pairs of one raw sample; several for a video with clips_per_video > 1,
+    and at evaluation one per clip and view (`eval_clips` x `eval_views`, clip-major).
 
     `kind` is the source's `image`/`video` (None: whatever the sample holds, videos first).
     `rng` draws the random crop and clip starts (training); None gives the evaluation transform.
@@ -205,7 +227,7 @@ def decode_sample(raw: RawSample, spec: SampleSpec, *, kind: str | None,
         raise SampleSkip("missing_key", f"no {'|'.join(wanted)} member (has: {', '.join(raw.members) or 'nothing'})")
     label = parse_label(raw.members)
     if image is not None:
-        return [(_image_pixels(image, spec, rng), label)]
+        return [(pixels, label) for pixels in _image_pixels(image, spec, rng)]
     if not spec.clip_frames:
         raise SampleSkip("missing_key", "a video sample in an image stream (no video source, image model)")
     return [(clip, label) for clip in _clips(video, spec, rng)]
@@ -215,14 +237,19 @@ def _member(raw: RawSample, exts: tuple[str, ...]) -> bytes | None:
     return next((raw.members[e] for e in exts if e in raw.members), None)
 
 
-def _image_pixels(data: bytes, spec: SampleSpec, rng: random.Random | None) -> torch.Tensor:
+def _boxes(h: int, w: int, spec: SampleSpec, rng: random.Random | None) -> list[Box]:
+    """One random crop (training), or the evaluation views."""
+    if rng is not None:
+        return [random_resized_crop_box(h, w, scale=spec.crop_scale, rng=rng, hflip=spec.hflip)]
+    return eval_view_boxes(h, w, spec.eval_views)
+
+
+def _image_pixels(data: bytes, spec: SampleSpec, rng: random.Random | None) -> list[torch.Tensor]:
     pixels = decode_image(data)
     _, h, w = pixels.shape
-    box = random_resized_crop_box(h, w, scale=spec.crop_scale, rng=rng, hflip=spec.hflip) \
-        if rng is not None else centre_crop_box(h, w)
-    out = apply_box(pixels, box, spec.size)
+    out = [apply_box(pixels, box, spec.size) for box in _boxes(h, w, spec, rng)]
     if spec.clip_frames:  # a static clip, so images and videos share one batch shape
-        out = out.unsqueeze(1).expand(-1, spec.clip_frames, -1, -1)
+        out = [o.unsqueeze(1).expand(-1, spec.clip_frames, -1, -1) for o in out]
     return out
 
 
@@ -230,18 +257,18 @@ def _clips(data: bytes, spec: SampleSpec, rng: random.Random | None) -> list[tor
     reader = open_video(data, spec.decoder)
     try:
         step = clip_step(fps=reader.fps, frame_step=spec.frame_step, target_fps=spec.target_fps)
+        n = spec.clips_per_video if rng is not None else spec.eval_clips
         clips = []
-        for _ in range(spec.clips_per_video):
+        for c in range(n):
             indices = sample_frame_indices(reader.num_frames, num_frames=spec.clip_frames, step=step,
-                                           rng=rng, short=spec.short_video)
+                                           rng=rng, short=spec.short_video, position=(c + 0.5) / n)
             if indices is None:
                 raise SampleSkip("short_video", f"{reader.num_frames} frames, one clip needs "
                                  f"{math.floor((spec.clip_frames - 1) * step + 0.5) + 1} (data.short_video=skip)")
             frames = reader.read(indices)  # (T, 3, H, W)
             _, _, h, w = frames.shape
-            box = random_resized_crop_box(h, w, scale=spec.crop_scale, rng=rng, hflip=spec.hflip) \
-                if rng is not None else centre_crop_box(h, w)
-            clips.append(apply_box(frames, box, spec.size).permute(1, 0, 2, 3))  # one box for all frames
+            for box in _boxes(h, w, spec, rng):  # one box for all frames of a clip
+                clips.append(apply_box(frames, box, spec.size).permute(1, 0, 2, 3))
         return clips
     finally:
         reader.close()

@@ -33,12 +33,14 @@ def clip_step(*, fps: float | None, frame_step: int, target_fps: float | None) -
 
 
 def sample_frame_indices(total_frames: int, *, num_frames: int, step: float,
-                         rng: random.Random | None = None, short: str = "pad") -> list[int] | None:
+                         rng: random.Random | None = None, short: str = "pad",
+                         position: float = 0.5) -> list[int] | None:
     """Indices of one clip of `num_frames` frames `step` apart in a video of `total_frames` frames.
 
-    The start is uniform over every start that fits (`rng`), or the centre one (`rng=None`, for
-    evaluation). A video too short for one clip gives indices clamped to its last frame
-    (`short="pad"`, the last frame repeats) or None (`short="skip"`).
+    The start is uniform over every start that fits (`rng`), or, for evaluation (`rng=None`), the
+    start at `position` of the way through them (0 the first, 0.5 the centre, 1 the last). A video
+    too short for one clip gives indices clamped to its last frame (`short="pad"`, the last frame
+    repeats) or None (`short="skip"`).
     """
     if total_frames < 1 or num_frames < 1 or step <= 0:
         raise ValueError(f"need total_frames, num_frames >= 1 and step > 0, got {total_frames}, {num_frames}, {step}")
@@ -48,7 +50,7 @@ def sample_frame_indices(total_frames: int, *, num_frames: int, step: float,
         if short == "skip":
             return None
         return [min(o, total_frames - 1) for o in offsets]
-    start = rng.randint(0, last_start) if rng is not None else last_start // 2
+    start = rng.randint(0, last_start) if rng is not None else int(position * last_start)
     return [start + o for o in offsets]
 
 

@@ -9,6 +9,9 @@ so the result does not depend on the number of ranks or workers. Per sample:
   token first, so that every part has the same scale); for the linear probe and kNN.
 - `tokens` (T, D), when asked: the output tokens, for the attentive probe.
 
+With several evaluation clips or views per sample (`data.eval_clips`, `data.eval_views`), a sample's
+features are the mean over its clips and views.
+
 The cache key covers the encoder's weights, the shard URLs, the sample geometry and the feature
 choice, so one extraction serves several probes and a changed input never reuses stale features.
 """
@@ -61,7 +64,7 @@ def extract(encoder: torch.nn.Module, stream: EvalStream, *, device: torch.devic
     if not 1 <= n_last_blocks <= depth:
         raise UserError(f"probe.n_last_blocks = {n_last_blocks}: the encoder has {depth} blocks")
     inner = list(range(depth - n_last_blocks, depth - 1))
-    keys, labels, pooled, kept = [], [], [], []
+    keys, views, labels, pooled, kept = [], [], [], [], []
     bar = tqdm(total=stream.expected_samples(), unit="sample", disable=not progress, leave=False)
     for batch in stream:
         x = batch["x"].to(device, non_blocking=True)
@@ -72,14 +75,35 @@ def extract(encoder: torch.nn.Module, stream: EvalStream, *, device: torch.devic
         if tokens:
             kept.append(out["tokens"].half().cpu())
         keys.extend(batch["key"])
+        views.extend(batch["view"])
         labels.append(batch["label"])
-        bar.update(len(batch["key"]))
+        bar.update(batch["view"].count(0))
     bar.close()
     if not keys:
-        return Features(keys=[], labels=torch.zeros(0, dtype=torch.long), pooled=torch.zeros(0, 0),
-                        tokens=None)
-    return Features(keys=keys, labels=torch.cat(labels), pooled=torch.cat(pooled),
-                    tokens=torch.cat(kept) if tokens else None)
+        return Features(keys=[], labels=torch.zeros(0, dtype=torch.long), pooled=torch.zeros(0, 0), tokens=None)
+    return _mean_over_views(keys, views, torch.cat(labels), torch.cat(pooled), torch.cat(kept) if tokens else None)
+
+
+def _mean_over_views(keys: list[str], views: list[int], labels: torch.Tensor, pooled: torch.Tensor,
+                     tokens: torch.Tensor | None) -> Features:
+    """One row per sample: the mean over its views (a sample's views all sit in this rank's share)."""
+    if len(set(zip(keys, views))) != len(keys):
+        raise UserError("the same sample key appears twice in the labelled shards: keys must be unique "
+                        "(a shard listed twice in the URLs?)")
+    first: dict[str, int] = {}
+    for i, k in enumerate(keys):
+        first.setdefault(k, i)
+    unique = list(first)
+    index = {k: i for i, k in enumerate(unique)}
+    rows = torch.tensor([index[k] for k in keys], dtype=torch.long)
+    counts = torch.bincount(rows, minlength=len(unique)).float()
+
+    def mean(x: torch.Tensor) -> torch.Tensor:
+        sums = torch.zeros(len(unique), *x.shape[1:], dtype=torch.float32).index_add_(0, rows, x.float())
+        return (sums / counts.view(-1, *[1] * (x.dim() - 1))).to(x.dtype)
+
+    return Features(keys=unique, labels=labels[torch.tensor(list(first.values()))], pooled=mean(pooled),
+                    tokens=mean(tokens) if tokens is not None else None)
 
 
 def gather(part: Features) -> Features:

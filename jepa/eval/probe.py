@@ -76,7 +76,8 @@ def _features(encoder: FrozenEncoder, cfg: Config, urls: str, *, tokens: bool, d
     if cfg.probe.cache_dir:
         d = cfg.data
         geometry = {"image_size": d.image_size, "num_frames": d.num_frames if clips else 0,
-                    "frame_step": d.frame_step, "target_fps": d.target_fps}
+                    "frame_step": d.frame_step, "target_fps": d.target_fps, "eval_clips": d.eval_clips,
+                    "eval_views": d.eval_views}
         key = cache_key(weights_sha1=encoder.source["weights_sha1"], urls=urls, geometry=geometry,
                         n_last_blocks=cfg.probe.n_last_blocks, tokens=tokens)
         path = Path(cfg.probe.cache_dir) / f"features-{key}.pt"
