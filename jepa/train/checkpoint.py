@@ -48,7 +48,7 @@ LATEST = "latest"
 _TAG = re.compile(r"^step_(\d{8})(\.universal)?$")
 MODEL_SECTIONS = ("model", "hierarchy")
 """Config sections that define the network: a checkpoint only resumes a run that agrees on them."""
-BOOKKEEPING_SECTIONS = ("output_dir", "checkpoint", "logging", "launch")
+BOOKKEEPING_SECTIONS = ("output_dir", "checkpoint", "logging", "launch", "probe", "eval")
 """Config sections that do not change what is computed: a resume that changes them says nothing."""
 
 
