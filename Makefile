@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 # checkouts (or venvs) from rebuilding it over each other in the shared ~/.cache.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/$(VENV)/torch_extensions
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup slurm-deps demo test test-fast clean
 
 setup: $(STAMP)
 
@@ -18,7 +18,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-test: setup
+# The SLURM tests run a real one-node cluster (tests/slurm_cluster.py) on Debian's daemons; as root,
+# install them when missing (about 10 s with a warm apt cache). Not root: the tests skip themselves.
+slurm-deps:
+	@if ! command -v slurmctld >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurmctld slurmd slurm-client munge; \
+	fi
+
+test: setup slurm-deps
 	$(BIN)/python -m pytest -q tests
 
 test-fast: setup

@@ -10,10 +10,10 @@ import argparse
 import sys
 
 from jepa import __version__
-from jepa.commands import checkpoint, config, data, demo, export, probe, train
+from jepa.commands import checkpoint, config, data, demo, export, probe, submit, train
 from jepa.errors import UserError
 
-VERBS = (train, demo, probe, export, checkpoint, data, config)
+VERBS = (train, submit, demo, probe, export, checkpoint, data, config)
 """The verb modules, in the order `jepa --help` lists them."""
 
 

@@ -1,11 +1,14 @@
 """`jepa train CONFIG [key=value ...]`: pretrain, or resume from output_dir when it holds a checkpoint.
 
-One process, or one rank of many under torchrun / srun (the same command line).
+One process, or one rank of many under torchrun / srun (the same command line). SIGUSR2 or SIGTERM
+saves at the next step boundary and exits with status 75 (`jepa.train.stop.EXIT_STOPPED`), which
+asks a launcher to requeue.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,6 +23,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     from jepa import config
     from jepa.train.loop import train
+    from jepa.train.stop import EXIT_STOPPED, RunStopped
 
-    train(config.load(args.config, args.overrides))
+    try:
+        train(config.load(args.config, args.overrides))
+    except RunStopped as e:
+        print(f"jepa: {e}", file=sys.stderr)
+        return EXIT_STOPPED
     return 0

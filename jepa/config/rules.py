@@ -249,3 +249,10 @@ def _check_launch(cfg: Config) -> None:
         _positive(f"launch.{key}", getattr(la, key), allow_zero=key == "max_requeues")
     _positive("launch.gpus_per_node", la.gpus_per_node, allow_zero=True)
     _positive("launch.signal_delay_s", la.signal_delay_s, allow_zero=True)
+    if la.signal_delay_s >= 60 * la.timeout_min:
+        _fail("launch.signal_delay_s", la.signal_delay_s, f"the save-and-requeue signal must come before the "
+              f"time limit: give fewer seconds than launch.timeout_min={la.timeout_min} minutes")
+    for option in la.slurm_extra:
+        if not option or option.startswith("-") or option.startswith("="):
+            _fail("launch.slurm_extra", list(la.slurm_extra), "give sbatch options as `name=value` or `name`, "
+                  "without dashes, e.g. [exclusive, mail-type=END]")

@@ -288,39 +288,47 @@ class LoggingConfig:
 
 @dataclass
 class LaunchConfig:
-    """Cluster submission settings for a future `jepa submit`. Reserved: no command reads these keys
-    yet (the config rules only check their values), so setting them changes nothing."""
+    """How `jepa submit` runs this config: a submitit executor (SLURM, or this machine), the job's
+    resources, and what happens at preemption and time-out (docs/cluster.md). `jepa train` reads none
+    of these keys."""
 
     cluster: str = "slurm"
-    """Reserved: no command reads this key yet. submitit backend: `slurm`, `local` (real processes on
-    this machine) or `debug` (in-process)."""
+    """Where `jepa submit` runs the job: `slurm` (sbatch, one task per rank), `local` (real processes on
+    this machine, one per rank, with a time limit and requeues like SLURM's) or `debug` (in the
+    submitting process, one rank: for debugging the launch itself)."""
     nodes: int = 1
-    """Reserved: no command reads this key yet. Nodes per job."""
+    """Nodes per job (SLURM only; `local` runs on one)."""
     tasks_per_node: int = 1
-    """Reserved: no command reads this key yet. Processes (ranks) per node; usually one per GPU."""
+    """Processes (ranks) per node; usually one per GPU (each rank takes the GPU of its local rank)."""
     gpus_per_node: int = 0
-    """Reserved: no command reads this key yet. GPUs requested per node."""
+    """GPUs requested per node; 0 asks for none (no `--gpus-per-node` line)."""
     cpus_per_task: int = 8
-    """Reserved: no command reads this key yet. CPU cores per rank."""
+    """CPU cores per rank (SLURM `--cpus-per-task`)."""
     mem_gb: int = 64
-    """Reserved: no command reads this key yet. Memory per node (GiB)."""
+    """Memory per node (GiB; SLURM `--mem`)."""
     timeout_min: int = 240
-    """Reserved: no command reads this key yet. Wall time of one job (minutes)."""
+    """Wall time of one job (minutes). At `signal_delay_s` before it the job saves and requeues itself."""
     partition: str = ""
-    """Reserved: no command reads this key yet. SLURM partition; empty = cluster default."""
+    """SLURM partition; empty = the cluster's default."""
     account: str = ""
-    """Reserved: no command reads this key yet. SLURM account; empty = none."""
+    """SLURM account; empty = none."""
     qos: str = ""
-    """Reserved: no command reads this key yet. SLURM QoS; empty = none."""
+    """SLURM QoS; empty = none."""
     constraint: str = ""
-    """Reserved: no command reads this key yet. SLURM node constraint; empty = none."""
+    """SLURM node constraint (`--constraint`); empty = none."""
+    slurm_extra: List[str] = field(default_factory=list)
+    """Further sbatch options, each `name=value` or a bare flag `name`, without the dashes, e.g.
+    `[exclusive, mail-type=END, reservation=big]`; written as `#SBATCH --name=value` lines."""
+    setup: List[str] = field(default_factory=list)
+    """Shell lines the job runs before starting its ranks (module loads, environment activation)."""
     max_requeues: int = 10
-    """Reserved: no command reads this key yet. Most requeues of a job after preemption or timeout."""
+    """Most times a job requeues itself (SLURM: counted by SLURM_RESTART_COUNT, so requeues after
+    preemption count too). Past it the job saves, stops and says so; submit again to go on."""
     signal_delay_s: int = 120
-    """Reserved: no command reads this key yet. Seconds before the time limit at which SLURM is to
-    signal the job to checkpoint."""
+    """Seconds before the time limit at which the job is sent SIGUSR2: every rank finishes its step,
+    the run saves and the job requeues. Leave room for one step and one checkpoint save."""
     name: str = "jepa"
-    """Reserved: no command reads this key yet. Job name."""
+    """Job name (SLURM `--job-name`)."""
 
 
 @dataclass
@@ -348,7 +356,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Console and TensorBoard."""
     launch: LaunchConfig = field(default_factory=LaunchConfig)
-    """Cluster submission. Reserved: no command reads this section yet."""
+    """Cluster submission with `jepa submit`."""
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     """What `jepa probe` trains and how it chooses."""
     eval: EvalConfig = field(default_factory=EvalConfig)

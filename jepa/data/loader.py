@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import signal
 from pathlib import Path
 
 import torch
@@ -64,7 +65,17 @@ def loader(data: IterableDataset, num_workers: int) -> DataLoader:
     # by a different amount in a resumed run than in an uninterrupted one. Workers seed their
     # streams from (seed, rank, worker, epoch), never from that base seed.
     return DataLoader(data, batch_size=None, num_workers=num_workers,
-                      prefetch_factor=2 if num_workers else None, generator=torch.Generator())
+                      prefetch_factor=2 if num_workers else None, generator=torch.Generator(),
+                      worker_init_fn=leave_stop_signals_to_the_main_process)
+
+
+def leave_stop_signals_to_the_main_process(worker: int) -> None:
+    """A worker ignores SIGTERM and SIGUSR2. SLURM signals every process of a task (at a requeue,
+    preemption or time limit), and torch's own SIGTERM handler would end a worker mid-epoch and fail
+    the run; the main process saves at its next step boundary and then shuts its workers down
+    (jepa/train/stop.py)."""
+    for sig in (signal.SIGTERM, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def local_path(url: str) -> Path | None:
