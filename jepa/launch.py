@@ -72,14 +72,17 @@ def world_size(cfg: Config) -> int:
     return la.tasks_per_node * (la.nodes if la.cluster == "slurm" else 1)
 
 
-def slurm_parameters(cfg: Config, setup: list[str]) -> dict:
-    """submitit's SlurmExecutor parameters for `cfg.launch` (only what is set)."""
+def slurm_parameters(cfg: Config, setup: list[str], dependency: str = "") -> dict:
+    """submitit's SlurmExecutor parameters for `cfg.launch` (only what is set); `dependency`: SLURM's
+    `--dependency` (e.g. `afterok:4242`)."""
     la = cfg.launch
     params = {"job_name": la.name, "nodes": la.nodes, "ntasks_per_node": la.tasks_per_node,
               "cpus_per_task": la.cpus_per_task, "mem": f"{la.mem_gb}GB", "time": la.timeout_min,
               "signal_delay_s": la.signal_delay_s, "setup": setup,
               # requeueable, so the job may requeue itself at the time limit and SLURM may at preemption
               "additional_parameters": {"requeue": True, **dict(_sbatch_option(o) for o in la.slurm_extra)}}
+    if dependency:
+        params["additional_parameters"]["dependency"] = dependency
     if la.gpus_per_node:
         params["gpus_per_node"] = la.gpus_per_node
     for key in ("partition", "account", "qos", "constraint"):
@@ -93,13 +96,16 @@ def _sbatch_option(option: str) -> tuple[str, str | bool]:
     return name, value if sep else True
 
 
-def sbatch_script(cfg: Config, setup: list[str]) -> str:
-    """The job script `jepa submit` would hand to sbatch (submitit writes it the same way)."""
+def sbatch_script(cfg: Config, setup: list[str], dependency: str = "", *, folder: Path | None = None,
+                  array: int | None = None) -> str:
+    """The job script `jepa submit` would hand to sbatch (submitit writes it the same way); `array`:
+    the number of tasks of an array job."""
     from submitit.slurm.slurm import _make_sbatch_string  # what SlurmExecutor itself calls
 
-    folder = Path(cfg.output_dir) / SUBMITIT_DIR
+    folder = folder or Path(cfg.output_dir) / SUBMITIT_DIR
     command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
-    return _make_sbatch_string(command=command, folder=folder, **slurm_parameters(cfg, setup))
+    return _make_sbatch_string(command=command, folder=folder, map_count=array,
+                               **slurm_parameters(cfg, setup, dependency))
 
 
 def check_with_sbatch(script: str) -> None:
@@ -140,10 +146,30 @@ def job_setup(cfg: Config, code: Path) -> list[str]:
     return [*cfg.launch.setup, f"export PYTHONPATH={code}${{PYTHONPATH:+:$PYTHONPATH}}", f"cd {code}"]
 
 
+def make_executor(cfg: Config, setup: list[str], folder: Path, *, dependency: str = ""):
+    """submitit's executor for `cfg.launch`, writing its files to `folder`; `dependency` (SLURM's
+    `--dependency`, e.g. `afterok:4242`) holds the job until then."""
+    import submitit
+
+    la = cfg.launch
+    if la.cluster == "slurm":
+        executor = submitit.SlurmExecutor(folder=folder)
+        executor.update_parameters(**slurm_parameters(cfg, setup, dependency))
+    elif la.cluster == "local":
+        executor = submitit.LocalExecutor(folder=folder)
+        executor.update_parameters(tasks_per_node=la.tasks_per_node, timeout_min=la.timeout_min,
+                                   signal_delay_s=la.signal_delay_s, setup=setup)
+    else:
+        executor = submitit.DebugExecutor(folder=folder)
+    if dependency and la.cluster != "slurm":
+        raise UserError(f"--dependency {dependency} needs launch.cluster=slurm (this is {la.cluster})")
+    return executor
+
+
 def submit(cfg: Config, *, dry_run: bool = False) -> Submission | str:
     """Check, write the run folder, submit; the job's ids and paths. With `dry_run` the job script
     (SLURM) or a description (local, debug), and nothing written or queued."""
-    import submitit
+    from jepa.launch_jobs import record_job
 
     cfg = prepare(cfg)
     run_dir, la = Path(cfg.output_dir), cfg.launch
@@ -157,18 +183,9 @@ def submit(cfg: Config, *, dry_run: bool = False) -> Submission | str:
         check_with_sbatch(sbatch_script(cfg, job_setup(cfg, placeholder)))
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    setup = job_setup(cfg, snapshot_code(run_dir))
-    folder = run_dir / SUBMITIT_DIR
-    if la.cluster == "slurm":
-        executor = submitit.SlurmExecutor(folder=folder)
-        executor.update_parameters(**slurm_parameters(cfg, setup))
-    elif la.cluster == "local":
-        executor = submitit.LocalExecutor(folder=folder)
-        executor.update_parameters(tasks_per_node=la.tasks_per_node, timeout_min=la.timeout_min,
-                                   signal_delay_s=la.signal_delay_s, setup=setup)
-    else:
-        executor = submitit.DebugExecutor(folder=folder)
+    executor = make_executor(cfg, job_setup(cfg, snapshot_code(run_dir)), run_dir / SUBMITIT_DIR)
     job = executor.submit(TrainJob(str(run_dir), workdir=os.getcwd()))
+    record_job(run_dir, job, cluster=la.cluster, kind="train")
     if la.cluster == "debug":
         job.result()  # runs here, in this process
     return Submission(job_id=str(job.job_id), run_dir=run_dir, stdout=job.paths.stdout, stderr=job.paths.stderr)
@@ -225,6 +242,7 @@ def _after_stop(stopped, cfg: Config) -> str:
     from submitit.local.local import LOCAL_REQUEUE_RETURN_CODE
 
     counter = Path(cfg.output_dir) / SUBMITIT_DIR / LOCAL_REQUEUES
+    counter.parent.mkdir(exist_ok=True)  # a sweep's runs share the sweep folder's submitit/
     counter.write_text(str(done + 1))
     sys.exit(LOCAL_REQUEUE_RETURN_CODE)  # the local controller restarts every task on this status
 

@@ -4,6 +4,7 @@ requeues, and refusals at submission that leave nothing behind."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -22,10 +23,11 @@ SLURM_JOB = {"launch.cluster": "slurm", "launch.tasks_per_node": 2, "launch.cpus
 """Two tasks of one CPU each: the whole test node."""
 
 
-def jepa_submit(args: list[str], env: dict[str, str] | None = None, *, ok: bool = True) -> subprocess.CompletedProcess:
+def jepa_submit(args: list[str], env: dict[str, str] | None = None, *, ok: bool = True,
+                config: list[str] = ["small/demo"]) -> subprocess.CompletedProcess:
     env = dict(env or os.environ)
     env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "jepa.cli", "submit", "small/demo", *args], env=env,
+    proc = subprocess.run([sys.executable, "-m", "jepa.cli", "submit", *config, *args], env=env,
                           capture_output=True, text=True, timeout=300)
     assert (proc.returncode == 0) == ok, proc.stdout + proc.stderr
     return proc
@@ -59,6 +61,9 @@ def test_a_two_task_job_runs_to_completion(slurm_cluster, shards, tmp_path):
     snapshot = next((run / "code").iterdir())
     assert log.count(f"jepa from {snapshot / 'jepa'}") == 2, log[-3000:]
     assert (run / "config.yaml").is_file()
+    # --status: the job id recorded at submission, SLURM's (or submitit's) final state, the last step.
+    table = jepa_submit(["--status", str(run)], slurm_cluster.env, config=[]).stdout
+    assert f"| {run} | {job} | train | COMPLETED | 4 | {run}/checkpoints/step_00000004 |" in table, table
 
 
 @pytest.mark.slow
@@ -196,3 +201,70 @@ def test_dry_run_prints_the_job_script_and_writes_nothing(tmp_path):
         assert line in script.splitlines(), line
     assert f"export PYTHONPATH='{run}/code/<time of submission>'" in script
     assert not run.exists()
+
+
+def test_sweep_dry_run_names_a_folder_per_combination_and_checks_each(tmp_path):
+    out = tmp_path / "sweep"
+    proc = jepa_submit([f"output_dir={out}", "launch.cluster=slurm", "--sweep", "optim.lr=1e-4,3e-4",
+                        "--sweep", "model.predictor.depth=1,2", "--dry-run"])
+    names = [line.split("  ->  ")[0] for line in proc.stdout.splitlines() if "  ->  " in line]
+    assert names == ["optim.lr=1e-4,model.predictor.depth=1", "optim.lr=1e-4,model.predictor.depth=2",
+                     "optim.lr=3e-4,model.predictor.depth=1", "optim.lr=3e-4,model.predictor.depth=2"]
+    assert f"{out}/optim.lr=3e-4,model.predictor.depth=2" in proc.stdout
+    assert "#SBATCH --array=0-3%4" in proc.stdout.splitlines()
+    bad = jepa_submit([f"output_dir={out}", "--sweep", "optim.lr=1e-4,-1"], ok=False)
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("jepa: error: sweep combination optim.lr=-1: "), lines
+    assert not out.exists()
+
+
+def test_probe_dry_run_waits_for_the_dependency(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("launch:\n  cluster: slurm\n  tasks_per_node: 4\n  gpus_per_node: 4\n")
+    proc = jepa_submit(["--probe", str(run), "--train", "a.tar", "--val", "b.tar", "--kind", "linear",
+                        "--dependency", "afterok:4242", "--dry-run"], config=[])
+    lines = proc.stdout.splitlines()
+    for line in ("#SBATCH --dependency=afterok:4242", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=1"):
+        assert line in lines, proc.stdout
+    assert f"--out {run}/probe" in proc.stdout and not (run / "probe").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_a_sweep_is_one_array_job_whose_runs_both_finish(slurm_cluster, shards, tmp_path):
+    out = tmp_path / "sweep"
+    job_args = {**SLURM_JOB, "launch.tasks_per_node": 1, "optim.total_steps": 2, "checkpoint.every_steps": 2}
+    proc = jepa_submit([*overrides(shards, out, **job_args), "--sweep", "optim.lr=1e-4,3e-4"], slurm_cluster.env)
+    array = re.search(r"submitted array job (\d+) \(2 runs\)", proc.stdout).group(1)
+    runs = [out / "optim.lr=1e-4", out / "optim.lr=3e-4"]
+    for i, run in enumerate(runs):
+        assert f"job {array}_{i}  {run}" in proc.stdout, proc.stdout
+    wait_for(lambda: not any(j.startswith(array) for j in slurm_cluster.queue()), "the array to end", timeout=300)
+    table = jepa_submit(["--status", f"{out}/optim.lr=*"], slurm_cluster.env, config=[]).stdout
+    for i, run in enumerate(runs):
+        assert (run / "checkpoints" / "latest").read_text() == "step_00000002", job_log(out, f"{array}_{i}")[-3000:]
+        assert f"| {run} | {array}_{i} | train | COMPLETED | 2 |" in table, table
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_a_probe_job_writes_results_json(slurm_cluster, tmp_path):
+    from jepa.config import from_dict, to_yaml
+    from jepa.data.write import write_synthetic
+    from test_probe import QUICK, make_run
+
+    for name, seed in (("train", 1), ("val", 2)):
+        write_synthetic(tmp_path / name, kind="image", n=16, classes=4, size=32, frames=1, seed=seed,
+                        shard_size=16, progress=False)
+    run = make_run(tmp_path)
+    cfg = from_dict({**json.loads((run / "checkpoints/step_00000007/meta.json").read_text())["config"],
+                     "launch": {k.split(".")[1]: v for k, v in SLURM_JOB.items()}})
+    (run / "config.yaml").write_text(to_yaml(cfg))
+    proc = jepa_submit(["--probe", str(run), "--train", f"{tmp_path}/train/shard-000000.tar",
+                        "--val", f"{tmp_path}/val/shard-000000.tar", "--kind", "linear", *QUICK],
+                       slurm_cluster.env, config=[])
+    job = re.search(r"submitted probe job (\d+)", proc.stdout).group(1)
+    assert f"results      {run}/probe/results.json" in proc.stdout
+    wait_until_gone(slurm_cluster, job, timeout=300)
+    assert (run / "probe" / "results.json").is_file(), job_log(run / "probe", job)[-3000:]
