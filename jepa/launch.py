@@ -208,7 +208,11 @@ class TrainJob:
         from jepa.train.stop import RunStopped
 
         # RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT (first node); each rank picks its GPU by
-        # LOCAL_RANK itself, so CUDA_VISIBLE_DEVICES stays as SLURM set it.
+        # LOCAL_RANK itself, so CUDA_VISIBLE_DEVICES stays as SLURM set it. Values inherited from the
+        # submitting shell (sbatch exports its environment) describe another job: drop them, or
+        # submitit refuses to export and every task fails.
+        for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+            os.environ.pop(key, None)
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         print(f"jepa from {Path(jepa.__file__).parent}", flush=True)
         os.chdir(self.workdir)

@@ -54,7 +54,8 @@ def test_a_two_task_job_runs_to_completion(slurm_cluster, shards, tmp_path):
     assert str(run) in proc.stdout and f"{run}/submitit/{job}_0_log.out" in proc.stdout
     wait_until_gone(slurm_cluster, job)
     log = job_log(run, job)
-    assert (run / "checkpoints" / "latest").read_text() == "step_00000004", log[-3000:]
+    latest = run / "checkpoints" / "latest"
+    assert latest.is_file() and latest.read_text() == "step_00000004", log[-3000:]
     assert sorted(scalars(run)["loss/total"]) == [1, 2, 3, 4]
     assert "2 ranks on cpu" in (run / "train.log").read_text()
     # Both tasks ran the snapshot of the code taken at submission, not the checkout.
