@@ -128,7 +128,10 @@ def slurm_cluster(tmp_path_factory):
     memory_mb = int(node["RealMemory"]) - 1024
     conf = root / "slurm.conf"
     conf.write_text(_slurm_conf(root, node, memory_mb))
-    env = {**os.environ, "SLURM_CONF": str(conf)}
+    # sbatch exports this environment into every job: no torch.distributed variables that an
+    # in-process test's lone process group left in os.environ (a task would take them for its own).
+    dist_vars = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    env = {**{k: v for k, v in os.environ.items() if k not in dist_vars}, "SLURM_CONF": str(conf)}
     key = root / "munge.key"
     subprocess.run(["mungekey", "--create", "--keyfile", str(key)], check=True, capture_output=True)
     key.chmod(0o600)
