@@ -29,9 +29,6 @@ from jepa.eval.holdout import holdout_split
 
 log = logging.getLogger("jepa.eval")
 
-KINDS = ("linear", "knn", "attentive")
-
-
 def probe_encoder(encoder: FrozenEncoder, *, cfg: Config, train_urls: str, val_urls: str, kinds: tuple[str, ...],
                   device: torch.device, progress: bool) -> dict | None:
     """{probe kind: its results} on rank 0 (None on the other ranks); collective over all ranks."""
