@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -183,3 +184,26 @@ def test_plot_runs_keeps_the_last_value_of_a_step_logged_twice(tmp_path):
     write_events(tmp_path / "tb", {"loss/total": [(3, 0.7), (4, 0.6)]})  # resumed from step 2
     xs, ys = plot.read_scalars(tmp_path / "tb", x_axis="step")["loss/total"]
     assert xs == [1, 2, 3, 4] and ys == pytest.approx([1.0, 0.9, 0.7, 0.6])
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_runs_at_toy_size_and_prints_its_table():
+    """benchmarks/gpu.sh --toy: tiny models, 2 steps, on the CPU here; the table a user pastes."""
+    run = subprocess.run([str(ROOT / "benchmarks" / "gpu.sh"), "--toy"], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "PYTHON": sys.executable})
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("`benchmarks/gpu.sh --toy` on ")
+    table = [line for line in lines if line.startswith("|")]
+    columns = [c.strip() for c in table[0].strip("|").split("|")]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]
+    assert columns == ["date", "device", "torch", "case", "batch", "step (ms)", "throughput",
+                                            "TFLOP per step", "achieved TFLOP/s", "MFU", "peak memory (GiB)",
+                                            "RoPE share of step"]
+    assert [r[3].split(",")[0] for r in rows] == ["toy ViT image 64 px", "toy ViT video 8x64 px",
+                                                  "data pipeline", "data pipeline"]
+    for r in rows:
+        assert len(r) == len(columns) and r[2] == torch.__version__
+        assert float(r[5]) > 0 and float(r[6].split()[0]) > 0
+    for r in rows[:2]:  # model steps: counted FLOPs, memory, RoPE's share
+        assert float(r[7]) > 0 and float(r[10]) > 0 and r[11].endswith("%")
