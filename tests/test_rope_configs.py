@@ -24,6 +24,8 @@ def test_rope_rows_are_distinct_on_the_config_grid(path):
     with torch.device("meta"):  # full-size models cost no memory; RoPE tables hold no weights
         model = build_jepa(cfg)
     for name, attention in (("encoder", model.context_encoder), ("predictor", model.predictor)):
+        if name == "encoder" and cfg.model.backbone == "mvit_v2_s":
+            continue  # MViT rotates q and k on its own pooled grids, one table per block (tests/test_mvit.py)
         rope = attention.rope.to_empty(device="cpu")  # the module's own table builder, computing on CPU
         table = rope.table(grid)  # un-augmented: shift / jitter / rescale are train-time only
         assert table.shape == (torch.Size(grid).numel(), 2 * rope.head_dim)
