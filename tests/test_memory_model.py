@@ -57,3 +57,12 @@ def test_the_script_prints_every_table():
     for title in ("Trainable state", "Activations per GPU", "Per-GPU total", "Bytes each GPU sends",
                   "Step rates", "Datasets as shards", "The ZeRO state model"):
         assert f"## {title}" in out
+
+
+@pytest.mark.parametrize("table", ["state_table", "activation_table", "rate_table"])
+def test_docs_scaling_quotes_the_script(table):
+    """docs/scaling.md shows these tables as the script prints them: change one, regenerate the other."""
+    page = (ROOT / "docs" / "scaling.md").read_text()
+    rows = getattr(mm, table)().splitlines()[2:]  # the data rows, below the header and the rule
+    missing = [row for row in rows if row not in page]
+    assert not missing, f"docs/scaling.md lacks these rows of `python benchmarks/memory_model.py`: {missing}"
