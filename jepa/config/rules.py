@@ -99,6 +99,9 @@ def _check_model(m: ModelConfig) -> None:
         _check_heads("model", dims.embed_dim, dims.num_heads, m.rope)
     if m.backbone == "mvit_v2_s" and m.rope.kind == "2d":
         _fail("model.rope.kind", m.rope.kind, "mvit_v2_s is a video encoder: use 3d or none")
+    if m.backbone == "mvit_v2_s" and m.compile:
+        _fail("model.compile", m.compile, "compilation covers the ViT's transformer blocks and mvit_v2_s has none: "
+              "set model.compile=false (or null)")
     _check_predictor(m.predictor, m.rope)
 
 
@@ -240,6 +243,8 @@ def _check_checkpoint_and_logging(cfg: Config) -> None:
         _positive("checkpoint.stop_at_step", cfg.checkpoint.stop_at_step)
     _positive("logging.every_steps", cfg.logging.every_steps)
     _positive("logging.repr_every_steps", cfg.logging.repr_every_steps)
+    if cfg.logging.peak_tflops is not None:
+        _positive("logging.peak_tflops", cfg.logging.peak_tflops)
 
 
 def _check_launch(cfg: Config) -> None:

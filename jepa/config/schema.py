@@ -77,6 +77,11 @@ class ModelConfig:
     """Stochastic depth rate at the last block (linearly increasing from 0)."""
     activation_checkpointing: bool = False
     """Recompute block activations in backward to save memory."""
+    compile: Optional[bool] = None
+    """torch.compile each transformer block of the ViT encoders and the predictor (regional
+    compilation, dynamic token counts: masks cause no recompiles). null = on for a ViT on CUDA, off
+    on CPU (measured there at 1.0-1.1x the eager step for seconds to minutes of compile time,
+    benchmarks/README.md) and for MViT, which has no compiled blocks."""
     mvit_rel_pos: bool = True
     """MViT only: keep torchvision's relative position bias alongside RoPE."""
     rope: RopeConfig = field(default_factory=RopeConfig)
@@ -284,6 +289,10 @@ class LoggingConfig:
     """Collapse diagnostics (target feature std, effective rank) every this many steps."""
     tensorboard: bool = True
     """Write TensorBoard events to output_dir/tb."""
+    peak_tflops: Optional[float] = None
+    """Peak dense matmul TFLOPS of one device, the denominator of `time/mfu`. null = from the table of
+    known GPUs (H100/H200 989 bf16, A100 312 bf16, ...; jepa/train/flops.py) in the run's precision,
+    or on CPU from a short matmul probe at start."""
 
 
 @dataclass

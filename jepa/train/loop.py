@@ -65,6 +65,7 @@ def _loop(run: Run, batches, stop: StopSignal) -> dict[str, float]:
                 continue
             engine.backward(loss)
             grad_norm = optimizer_step(engine)
+            metrics.add_flops(run.flops(masks))  # from mask shapes, on the host
             metrics.accumulate({"loss/total": loss, **step_metrics})
         ema_update(run.target, run.online_encoder, momentum, zero3=zero3)  # once per optimizer step
         step += 1

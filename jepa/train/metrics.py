@@ -26,8 +26,10 @@ class MetricLogger:
     """Accumulates step metrics between logging points; rank 0 writes them."""
 
     def __init__(self, *, tb_dir: Path | None, device: torch.device, total_steps: int, samples_per_step: int,
-                 tokens_per_sample: int, is_main: bool):
+                 tokens_per_sample: int, is_main: bool, peak_flops: float | None = None):
+        """`peak_flops`: one device's peak FLOP/s, for `time/mfu` (None: `time/tflops` only)."""
         self.device = device
+        self.peak_flops = peak_flops
         self.total_steps = total_steps
         self.samples_per_step = samples_per_step
         self.tokens_per_sample = tokens_per_sample
@@ -40,6 +42,7 @@ class MetricLogger:
         self._sums: dict[str, torch.Tensor] = {}
         self._counts: dict[str, int] = defaultdict(int)
         self._data_wait = 0.0
+        self._flops = 0.0
         self._steps = 0
         self._t_last = time.perf_counter()
         self._t_start = self._t_last
@@ -62,6 +65,10 @@ class MetricLogger:
     def add_data_wait(self, wait_s: float) -> None:
         self._data_wait += wait_s
 
+    def add_flops(self, flops: float) -> None:
+        """FLOPs of one micro-batch on this rank (counted on the host from shapes: no sync)."""
+        self._flops += flops
+
     def end_step(self) -> None:
         self._steps += 1
         self._steps_total += 1
@@ -71,7 +78,8 @@ class MetricLogger:
         skip totals `skipped` (summed over ranks); returns what was written."""
         keys = sorted(self._sums)
         means = [self._sums[k] / self._counts[k] for k in keys]
-        flat = torch.stack(means) if means else torch.zeros(0, device=self.device)
+        # This rank's FLOPs ride along in the one all-reduce: time/tflops is the mean over ranks.
+        flat = torch.stack([*means, torch.tensor(self._flops, device=self.device)])
         totals: dict[str, float] = dict(skipped)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             # Every rank logs the same metric keys (same code path), so a flat all-reduce lines
@@ -79,7 +87,8 @@ class MetricLogger:
             dist.all_reduce(flat)
             flat /= dist.get_world_size()
             totals = _all_reduce_counts(skipped)
-        values = dict(zip(keys, flat.tolist()))  # the one host sync of the interval
+        *host, flops = flat.tolist()  # the one host sync of the interval
+        values = dict(zip(keys, host))
         now = time.perf_counter()
         elapsed = max(now - self._t_last, 1e-9)
         samples = self._steps * self.samples_per_step
@@ -91,6 +100,10 @@ class MetricLogger:
             "time/data_wait_frac": min(self._data_wait / elapsed, 1.0),
             "memory/peak_gb": peak_memory_gb(self.device),
         })
+        if flops:
+            values["time/tflops"] = flops / elapsed / 1e12  # per device
+            if self.peak_flops:
+                values["time/mfu"] = flops / elapsed / self.peak_flops
         for kind, n in sorted(totals.items()):
             values[f"data/skipped_{kind}"] = n
         if self.is_main:
@@ -102,6 +115,7 @@ class MetricLogger:
         self._sums.clear()
         self._counts.clear()
         self._data_wait = 0.0
+        self._flops = 0.0
         self._steps = 0
         self._t_last = now
         return values
@@ -122,7 +136,8 @@ class MetricLogger:
         levels = " ".join(f"{k.split('/')[1]}={v[k]:.4f}" for k in sorted(v) if k.startswith("loss/level"))
         return (f"step {step}/{self.total_steps} loss={v.get('loss/total', float('nan')):.4f} {levels} "
                 f"lr={v.get('optim/lr', 0):.2e} gnorm={v.get('optim/grad_norm', float('nan')):.3f} "
-                f"{v['time/samples_per_s']:.1f} samples/s data_wait={100 * v['time/data_wait_frac']:.0f}% "
+                f"{v['time/samples_per_s']:.1f} samples/s {_fmt_flops(v)}"
+                f"data_wait={100 * v['time/data_wait_frac']:.0f}% "
                 f"mem={v['memory/peak_gb']:.2f}GB eta={_fmt_duration(eta)}").replace("  ", " ")
 
     def close(self) -> None:
@@ -147,6 +162,13 @@ def peak_memory_gb(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**30
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss_kb / 2**20 if sys.platform != "darwin" else rss_kb / 2**30
+
+
+def _fmt_flops(v: dict[str, float]) -> str:
+    if "time/tflops" not in v:
+        return ""
+    mfu = f" mfu={100 * v['time/mfu']:.1f}%" if "time/mfu" in v else ""
+    return f"tflops={v['time/tflops']:.3g}{mfu} "
 
 
 def _fmt_duration(seconds: float) -> str:

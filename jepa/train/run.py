@@ -24,6 +24,7 @@ from jepa.config.sizes import is_video_model
 from jepa.data.train_stream import DataPosition, TrainStream, build_train_loader, check_train_data
 from jepa.eval.online import OnlineKnn
 from jepa.masks import build_mask_generator
+from jepa.models.compile import compile_blocks, compile_wanted
 from jepa.models.factory import build_jepa, input_grid
 from jepa.models.jepa import JEPA
 from jepa.seeding import seed_rng
@@ -31,6 +32,7 @@ from jepa.train.checkpoint import Checkpointer, TrainState
 from jepa.train.distributed import DistInfo, init_distributed
 from jepa.train.ema import init_target
 from jepa.train.engine import build_engine
+from jepa.train.flops import FlopModel, mask_lengths, peak_flops, step_flops
 from jepa.train.guard import LossSpikeGuard
 from jepa.train.metrics import MetricLogger
 from jepa.train.schedules import Schedules
@@ -52,6 +54,15 @@ class Run:
     guard: LossSpikeGuard | None
     online_knn: OnlineKnn
     start_step: int
+    flop_model: FlopModel | None = None
+    num_tokens: int = 0
+
+    def flops(self, masks: list) -> int:
+        """FLOPs of one micro-batch with these masks (0 when the model is not counted: MViT)."""
+        if self.flop_model is None:
+            return 0
+        return step_flops(self.flop_model, batch=masks[0].context.shape[0], num_tokens=self.num_tokens,
+                          mask_sets=mask_lengths(masks))
 
     @property
     def online_encoder(self) -> nn.Module:
@@ -89,6 +100,8 @@ def build_run(cfg: Config) -> Run:
     check_train_data(cfg, clips=clips)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_jepa(cfg).to(dist.device)
+    compiled = compile_blocks(model) if compile_wanted(cfg.model.compile, backbone=cfg.model.backbone,
+                                                        device=dist.device) else 0
     grid = input_grid(cfg)
     mask_generator = build_mask_generator(cfg.mask, grid)
     out = Path(cfg.output_dir)
@@ -116,18 +129,22 @@ def build_run(cfg: Config) -> Run:
         guard = LossSpikeGuard(window=cfg.optim.loss_spike.window, k=cfg.optim.loss_spike.k)
         if own.get("guard") is not None:
             guard.load_state_dict(own["guard"])
+    peak, peak_source = peak_flops(dist.device, bf16=cfg.deepspeed.bf16, override_tflops=cfg.logging.peak_tflops)
     samples_per_step = cfg.data.batch_size * cfg.deepspeed.grad_accum_steps * dist.world_size
     metrics = MetricLogger(tb_dir=out / "tb" if cfg.logging.tensorboard else None, device=dist.device,
                            total_steps=cfg.optim.total_steps, samples_per_step=samples_per_step,
-                           tokens_per_sample=math.prod(grid), is_main=dist.is_main)
+                           tokens_per_sample=math.prod(grid), is_main=dist.is_main, peak_flops=peak)
     metrics.add_text("config", to_yaml(cfg))
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.trainable.parameters())  # ZeRO-3 partitions
-    log.info("%d ranks on %s, %.2fM trainable parameters, ZeRO-%d, bf16=%s, token grid %s",
-             dist.world_size, dist.device, n_params / 1e6, cfg.deepspeed.zero_stage, cfg.deepspeed.bf16, grid)
+    log.info("%d ranks on %s, %.2fM trainable parameters, ZeRO-%d, bf16=%s, token grid %s, %d compiled blocks",
+             dist.world_size, dist.device, n_params / 1e6, cfg.deepspeed.zero_stage, cfg.deepspeed.bf16, grid,
+             compiled)
+    log.info("MFU against %s", f"{peak / 1e12:.3g} TFLOPS ({peak_source})" if peak else peak_source)
     return Run(cfg=cfg, dist=dist, model=model, engine=engine, target=target, checkpointer=checkpointer,
                stream=stream, schedules=Schedules.from_config(cfg), metrics=metrics, guard=guard,
                online_knn=OnlineKnn(cfg, rank=dist.rank, world_size=dist.world_size),
-               start_step=state.step if state else 0)
+               start_step=state.step if state else 0, flop_model=FlopModel.from_config(cfg),
+               num_tokens=math.prod(grid))
 
 
 def _own_state(checkpointer: Checkpointer, state: TrainState | None) -> dict:
