@@ -80,7 +80,7 @@ class ModelConfig:
     compile: Optional[bool] = None
     """torch.compile each transformer block of the ViT encoders and the predictor (regional
     compilation, dynamic token counts: masks cause no recompiles). null = on for a ViT on CUDA, off
-    on CPU (measured there at 1.0-1.1x the eager step for seconds to minutes of compile time,
+    on CPU (measured there at 1.02-1.14x the eager step for 36-49 s of compilation,
     benchmarks/README.md) and for MViT, which has no compiled blocks."""
     mvit_rel_pos: bool = True
     """MViT only: keep torchvision's relative position bias alongside RoPE."""

@@ -37,7 +37,9 @@ def compile_blocks(module: nn.Module, *, backend: str | object = "inductor") -> 
     """Compile the forward of every transformer block inside `module`, in place; returns how many.
 
     `backend` is torch.compile's (tests pass a counting or `aot_eager` backend). Blocks that are
-    already compiled are left alone, so calling it twice compiles nothing twice."""
+    already compiled are left alone, so calling it twice compiles nothing twice. Compile after any
+    deep copy (the target encoder is one): a copy of a compiled block would keep calling the
+    original block's forward."""
     blocks = [m for m in module.modules() if isinstance(m, COMPILED_TYPES) and not is_compiled(m)]
     for block in blocks:
         # An instance attribute shadows the class's forward; `type(block).forward` stays eager.
@@ -72,7 +74,7 @@ def is_compiled(module: nn.Module) -> bool:
 
 def compile_wanted(setting: bool | None, *, backbone: str, device: torch.device) -> bool:
     """`model.compile` resolved: null compiles a ViT on CUDA only (on CPU the compiled step measured
-    1.0-1.1x the eager one, not worth minutes of compilation; benchmarks/README.md)."""
+    1.02-1.14x the eager one after 36-49 s of compilation; benchmarks/README.md)."""
     if setting is not None:
         return setting
     return backbone == "vit" and device.type == "cuda"

@@ -121,8 +121,11 @@ def peak_flops(device: torch.device, *, bf16: bool, override_tflops: Optional[fl
     return None, f"no peak known for {device.type}: set logging.peak_tflops for time/mfu"
 
 
-def probe_matmul_flops(dtype: torch.dtype, *, n: int = 1024, seconds: float = 0.3) -> float:
-    """The best FLOP/s of square n x n matmuls over about `seconds` on the CPU (torch's thread count)."""
+def probe_matmul_flops(dtype: torch.dtype, *, n: int = 512, seconds: float = 0.3) -> float:
+    """The best FLOP/s of square n x n matmuls over about `seconds` on the CPU (torch's thread count).
+
+    Many short products (about 2 ms each in fp32 on one core), so that the best of them ran
+    undisturbed even on a machine shared with other jobs."""
     gen = torch.Generator().manual_seed(0)  # not the global generator: a resumed run's draws stay put
     a, b = (torch.randn(n, n, generator=gen).to(dtype) for _ in range(2))
     a @ b  # warm-up: the library's first call sets itself up
