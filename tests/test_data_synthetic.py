@@ -10,12 +10,12 @@ from jepa.data.video import decode_clip, encode_mp4
 CLASSES, PER_CLASS, SIZE, FRAMES = 8, 12, 32, 10
 
 
-def nearest_mean_accuracy(features: np.ndarray, labels: np.ndarray) -> float:
+def nearest_mean_accuracy(features: np.ndarray, labels: np.ndarray, classes: int = CLASSES) -> float:
     """Nearest class mean, fit on half of each class, scored on the other half (features standardised)."""
     features = (features - features.mean(0)) / (features.std(0) + 1e-9)
-    test = (np.arange(len(labels)) // CLASSES) % 2 == 1  # labels cycle, so this halves every class
+    test = (np.arange(len(labels)) // classes) % 2 == 1  # labels cycle, so this halves every class
     train = ~test
-    means = np.stack([features[train & (labels == c)].mean(0) for c in range(CLASSES)])
+    means = np.stack([features[train & (labels == c)].mean(0) for c in range(classes)])
     guess = np.argmin(((features[test][:, None] - means[None]) ** 2).sum(-1), axis=1)
     return float((guess == labels[test]).mean())
 
@@ -87,9 +87,37 @@ def test_same_seed_same_pixels_other_seed_other_pixels(kind):
     assert not np.array_equal(render(0), render(1))
 
 
+def stripe_orientation(img: np.ndarray, classes: int) -> int:
+    """Orientation class of the stripes: the peak of the image's power spectrum in the stripes' band."""
+    centred = img.astype(float) - img.mean(axis=(0, 1))
+    power = (np.abs(np.fft.fft2(centred, axes=(0, 1))) ** 2).sum(-1)
+    fy, fx = np.meshgrid(np.fft.fftfreq(img.shape[0]), np.fft.fftfreq(img.shape[1]), indexing="ij")
+    band = (np.hypot(fx, fy) > 1 / 14) & (np.hypot(fx, fy) < 1 / 5)  # periods of 5 to 14 px
+    peak = np.argmax(np.where(band, power, 0))
+    theta = np.arctan2(fy.flat[peak], fx.flat[peak]) % np.pi
+    return int(np.round(theta / (np.pi / classes))) % classes
+
+
+def test_stripes_orientation_is_in_the_pixels_but_not_in_their_colours():
+    classes, n, size = 4, 128, 64
+    labels = np.array([synthetic.label_of(i, classes) for i in range(n)])
+    images = np.stack([synthetic.render_stripes(synthetic.sample_rng(0, i, "image"), size=size, label=int(label),
+                                                classes=classes) for i, label in enumerate(labels)])
+    # 1-pixel-per-bin spectra limit the angle estimate to a few degrees; the margin between classes is 11
+    assert np.mean([stripe_orientation(img, classes) == y for img, y in zip(images, labels)]) > 0.8
+    small = images.astype(float).reshape(n, 4, size // 4, 4, size // 4, 3).mean(axis=(2, 4)).reshape(n, -1)
+    assert nearest_mean_accuracy(small, labels, classes) < 0.4  # chance is 1/4
+    assert nearest_mean_accuracy(images.astype(float).mean(axis=(1, 2)), labels, classes) < 0.4
+
+
 def test_class_names_and_limits():
     assert synthetic.class_names("image", 10)[:2] == ["circle-solid", "square-solid"]
     assert synthetic.class_names("image", 10)[8] == "circle-stripes"
     assert synthetic.class_names("video", 4) == ["dir000", "dir090", "dir180", "dir270"]
+    assert synthetic.class_names("image", 4, "stripes") == ["ori000", "ori045", "ori090", "ori135"]
     with pytest.raises(ValueError):
         synthetic.check_classes("video", synthetic.MAX_VIDEO_CLASSES + 1)
+    with pytest.raises(ValueError, match="2..16"):
+        synthetic.check_classes("image", 17, "stripes")
+    with pytest.raises(ValueError, match="tasks are shapes, stripes"):
+        synthetic.check_classes("image", 4, "spots")

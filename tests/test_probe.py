@@ -204,3 +204,14 @@ def test_evaluation_views_and_clips_are_rows_of_one_sample_averaged_into_one_fea
     assert feats.keys == ["a", "b"] and feats.labels.tolist() == [2, 5] and feats.pooled.flatten().tolist() == [2.0, 10.0]
     with pytest.raises(UserError, match="appears twice"):
         _mean_over_views(["a", "a"], [0, 0], torch.tensor([1, 1]), pooled[:2], None)
+
+
+def test_probe_kinds_parse_as_a_list_or_all():
+    import argparse
+
+    from jepa.commands.probe import KINDS, _kinds
+
+    assert _kinds("all") == KINDS
+    assert _kinds("knn,linear,knn") == ("knn", "linear")
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown probe lin: choose from linear, knn, attentive"):
+        _kinds("lin")

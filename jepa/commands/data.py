@@ -36,9 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "synth", help="procedurally generated labelled images or videos -> shards",
         description="Write a synthetic labelled dataset, deterministic from --seed. Images (png): the "
                     "class is a shape x texture pair (up to 32 classes), with colour, size, rotation, "
-                    "position and background random. Videos (H.264 mp4): the class is the direction "
+                    "position and background random; or, with --task stripes, the orientation of stripes "
+                    "whose colours change region by region (up to 16). Videos (H.264 mp4): the class is the direction "
                     "of motion (up to 16), so no single frame tells it.")
     synth.add_argument("--kind", choices=("image", "video"), required=True, help="image or video")
+    synth.add_argument("--task", choices=("shapes", "stripes"), default="shapes",
+                       help="what an image's class is: a shape x texture pair, or a stripe orientation (default shapes)")
     synth.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     synth.add_argument("--n", type=int, required=True, help="number of samples")
     synth.add_argument("--classes", type=int, required=True, metavar="K", help="number of classes")
@@ -66,6 +69,6 @@ def _synth(args: argparse.Namespace) -> int:
     if args.fps <= 0:
         raise UserError(f"--fps must be > 0, got {args.fps}")
     summary = write_synthetic(args.out, kind=args.kind, n=args.n, classes=args.classes, size=args.size,
-                              frames=args.frames, seed=args.seed, shard_size=args.shard_size, fps=args.fps)
+                              frames=args.frames, seed=args.seed, shard_size=args.shard_size, fps=args.fps, task=args.task)
     print(summary.text())
     return 0

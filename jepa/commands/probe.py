@@ -12,6 +12,16 @@ from pathlib import Path
 KINDS = ("linear", "knn", "attentive")
 
 
+def _kinds(text: str) -> tuple[str, ...]:
+    if text == "all":
+        return KINDS
+    kinds = tuple(dict.fromkeys(text.split(",")))
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown probe {', '.join(unknown)}: choose from {', '.join(KINDS)} or all")
+    return kinds
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("probe", help="linear, kNN and attentive probes of a run or an exported encoder",
                        description="Probe a frozen encoder on labelled shards: the setting of each probe (lr and "
@@ -20,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("source", help="run folder (its latest checkpoint) or an exported .safetensors encoder")
     p.add_argument("--train", required=True, metavar="SHARDS", help="labelled shards the probes train on")
     p.add_argument("--val", required=True, metavar="SHARDS", help="labelled shards the probes are reported on")
-    p.add_argument("--kind", choices=(*KINDS, "all"), default="all", help="which probe (default: all)")
+    p.add_argument("--kind", type=_kinds, default=KINDS, metavar="KIND[,KIND]",
+                   help=f"which probes: {', '.join(KINDS)}, a comma-separated list, or all (default: all)")
     p.add_argument("--encoder", choices=("ema", "context"), default="ema",
                    help="a run folder's EMA target encoder (default; what `jepa export` writes) or its online "
                         "context encoder")
@@ -49,7 +60,7 @@ def _probe(args: argparse.Namespace) -> int:
     try:
         encoder = load_encoder(source, which=args.encoder)
         cfg = with_overrides(encoder.cfg, args.overrides, origin=str(source))
-        kinds = KINDS if args.kind == "all" else (args.kind,)
+        kinds = args.kind
         encoders = {"pretrained": encoder}
         if args.baseline:
             encoders["random_init"] = random_like(encoder, seed=cfg.probe.seed)

@@ -6,6 +6,15 @@ within a class: object colours, size, rotation, position, and a background gradi
 colours with noise. Mean pixel colour therefore says nothing about the class, while features that
 see shape and texture separate the classes linearly.
 
+Stripes (images, `task="stripes"`): the class is the orientation of stripes that cover the whole
+image, `classes` orientations evenly spaced over 180 degrees (jittered by up to a quarter of the
+gap). Period and phase are random per image; the colours change cell by cell (8 x 8 cells, one per
+8-px patch of a 64-px image), each cell drawing a light and a dark colour, and which phase of the
+stripes is the light one is random per image. So no cell's colours say anything about another's:
+what the regions of an image share, and so what is worth predicting from the visible part, is the
+orientation, period, phase and polarity of the stripes. A linear read of the pixels cannot tell the
+orientation (the phase is random), a model that sees oriented edges can.
+
 Videos: the class is the direction of motion, `classes` directions evenly spaced around the circle
 (jittered by up to a quarter of the gap). One object of random shape, colour and size moves at a
 random speed over a static background (gradient, noise, two static distractor shapes) and wraps
@@ -23,22 +32,35 @@ import numpy as np
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring", "star", "hexagon")
 TEXTURES = ("solid", "stripes", "checker", "dots")
 MAX_IMAGE_CLASSES = len(SHAPES) * len(TEXTURES)
+MAX_STRIPE_CLASSES = 16
+IMAGE_TASKS = ("shapes", "stripes")
+"""What the class of a synthetic image is: a shape x texture pair, or a stripe orientation."""
+MOSAIC_CELLS = 8
+"""Stripe images change colours on a MOSAIC_CELLS x MOSAIC_CELLS grid of cells. With larger cells,
+neighbouring patches share colours and pretraining learns colour codes instead of orientation; see
+docs/recipes.md."""
 MAX_VIDEO_CLASSES = 16
 SUPERSAMPLE = 2
 """Render at this multiple of the output size and average down: smooth, anti-aliased edges."""
 
 
-def class_names(kind: str, classes: int) -> list[str]:
-    """Names of the synthetic classes in label order: `circle-solid`, ... or `dir000`, `dir045`, ..."""
-    if kind == "image":
-        return [f"{SHAPES[c % len(SHAPES)]}-{TEXTURES[c // len(SHAPES)]}" for c in range(classes)]
-    return [f"dir{round(360 * c / classes):03d}" for c in range(classes)]
+def class_names(kind: str, classes: int, task: str = "shapes") -> list[str]:
+    """Names of the synthetic classes in label order: `circle-solid`, ..., `ori000`, `ori045`, ... or
+    `dir000`, `dir090`, ..."""
+    if kind == "video":
+        return [f"dir{round(360 * c / classes):03d}" for c in range(classes)]
+    if task == "stripes":
+        return [f"ori{round(180 * c / classes):03d}" for c in range(classes)]
+    return [f"{SHAPES[c % len(SHAPES)]}-{TEXTURES[c // len(SHAPES)]}" for c in range(classes)]
 
 
-def check_classes(kind: str, classes: int) -> None:
-    top = MAX_IMAGE_CLASSES if kind == "image" else MAX_VIDEO_CLASSES
+def check_classes(kind: str, classes: int, task: str = "shapes") -> None:
+    if kind == "image" and task not in IMAGE_TASKS:
+        raise ValueError(f"synthetic image tasks are {', '.join(IMAGE_TASKS)}; got {task!r}")
+    top = MAX_VIDEO_CLASSES if kind == "video" else MAX_STRIPE_CLASSES if task == "stripes" else MAX_IMAGE_CLASSES
     if not 2 <= classes <= top:
-        raise ValueError(f"synthetic {kind}s have 2..{top} classes, got {classes}")
+        name = f"{task} images" if kind == "image" else "videos"
+        raise ValueError(f"synthetic {name} have 2..{top} classes, got {classes}")
 
 
 def sample_rng(seed: int, index: int, kind: str) -> np.random.Generator:
@@ -63,6 +85,23 @@ def render_image(rng: np.random.Generator, *, size: int, label: int) -> np.ndarr
     fg = pattern[..., None] * a + (1 - pattern[..., None]) * b
     img = np.where(mask[..., None], fg, img)
     return _downsample(img)
+
+
+def render_stripes(rng: np.random.Generator, *, size: int, label: int, classes: int) -> np.ndarray:
+    """One (size, size, 3) uint8 image of stripes at orientation `label` of `classes`."""
+    s = size * SUPERSAMPLE
+    gap = math.pi / classes
+    theta = label * gap + rng.uniform(-gap / 4, gap / 4)
+    period = rng.uniform(6, 12) * SUPERSAMPLE  # output pixels: under a patch of 8 to a patch and a half
+    y, x = np.mgrid[0:s, 0:s] + 0.5
+    wave = np.cos(2 * math.pi * (x * math.cos(theta) + y * math.sin(theta)) / period + rng.uniform(0, 2 * math.pi))
+    cell = -(-s // MOSAIC_CELLS)
+    # A light and a dark colour per cell: colours change from cell to cell, the stripes' polarity
+    # (which phase is light, random per image) holds across the image.
+    a, b = (np.kron(rng.uniform(lo, lo + 0.45, size=(MOSAIC_CELLS, MOSAIC_CELLS, 3)), np.ones((cell, cell, 1)))[:s, :s]
+            for lo in rng.permutation([0.55, 0.0]))
+    img = np.where((wave > 0)[..., None], a, b)
+    return _downsample(np.clip(img + rng.normal(0, 0.03, size=img.shape), 0, 1))
 
 
 def render_video(rng: np.random.Generator, *, size: int, frames: int, label: int, classes: int) -> np.ndarray:

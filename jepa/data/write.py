@@ -216,30 +216,31 @@ def write_folder(root: str | Path, out: str | Path, *, kind: str, shard_size: in
 # ----------------------------------------------------------------------------- synthetic
 
 def write_synthetic(out: str | Path, *, kind: str, n: int, classes: int, size: int, frames: int, seed: int,
-                    shard_size: int, fps: float = 8.0, progress: bool = True) -> WriteSummary:
-    """A synthetic labelled dataset (jepa.data.synthetic) as shards: png images or H.264 mp4 videos."""
+                    shard_size: int, fps: float = 8.0, task: str = "shapes", progress: bool = True) -> WriteSummary:
+    """A synthetic labelled dataset (jepa.data.synthetic) as shards: png images or H.264 mp4 videos.
+    `task` picks what an image's class is (shapes or stripes); videos ignore it."""
     from jepa.data import synthetic
 
     if n < 1:
         raise UserError(f"--n must be >= 1, got {n}")
     try:
-        synthetic.check_classes(kind, classes)
+        synthetic.check_classes(kind, classes, task)
     except ValueError as e:
         raise UserError(str(e)) from None
     if size < 8 or size % 2:
         raise UserError(f"--size must be an even number >= 8, got {size}")
     if kind == "video" and frames < 2:
         raise UserError(f"--frames must be >= 2 (motion needs two frames), got {frames}")
-    names = synthetic.class_names(kind, classes)
+    names = synthetic.class_names(kind, classes, task)
     samples = _synthetic_samples(kind, n=n, classes=classes, size=size, frames=frames, seed=seed,
-                                 fps=fps, names=names)
+                                 fps=fps, names=names, task=task)
     return write_samples(samples, out, kind=kind, shard_size=shard_size,
                          classes={name: i for i, name in enumerate(names)}, skipped=Counter(), total=n,
-                         progress=progress, source=f"synthetic {kind} seed={seed}")
+                         progress=progress, source=f"synthetic {kind if kind == 'video' else task} seed={seed}")
 
 
 def _synthetic_samples(kind: str, *, n: int, classes: int, size: int, frames: int, seed: int,
-                       fps: float, names: list[str]) -> Iterator[ShardSample]:
+                       fps: float, names: list[str], task: str) -> Iterator[ShardSample]:
     from PIL import Image
 
     from jepa.data import synthetic
@@ -250,7 +251,9 @@ def _synthetic_samples(kind: str, *, n: int, classes: int, size: int, frames: in
         rng = synthetic.sample_rng(seed, index, kind)
         if kind == "image":
             buf = io.BytesIO()
-            Image.fromarray(synthetic.render_image(rng, size=size, label=label)).save(buf, format="PNG")
+            image = (synthetic.render_stripes(rng, size=size, label=label, classes=classes) if task == "stripes"
+                     else synthetic.render_image(rng, size=size, label=label))
+            Image.fromarray(image).save(buf, format="PNG")
             ext, data = "png", buf.getvalue()
         else:
             clip = synthetic.render_video(rng, size=size, frames=frames, label=label, classes=classes)
