@@ -1,14 +1,15 @@
-"""Does pretraining learn? Small recipes pretrained on synthetic images, probed against random init.
+"""Does pretraining learn? Small recipes pretrained on the demo's stripe images, probed against random init.
 
     OMP_NUM_THREADS=1 python benchmarks/recipes.py --settings demo,head32 --seeds 0,1,2 [--steps 1200]
     OMP_NUM_THREADS=1 python benchmarks/recipes.py --bounds          # raw pixels and supervised rows
 
-Each (setting, seed): `jepa train` of `small/demo` with the setting's overrides on 2048 synthetic
-images (`--classes`, default 4: four shapes), then `jepa probe --baseline --kind all` on 1024 labelled
-training images and 512 validation images of other seeds. Prints one markdown row per run: linear
-and kNN val top-1 of the pretrained EMA encoder and of a random init of the same architecture,
-the linear gain, and the minutes the pretraining took. `--bounds` adds the linear probe on raw
-pixels and on the same encoder trained with labels (the supervised bound).
+Each (setting, seed): `jepa train` of `small/demo` with the setting's overrides on the 4096 stripe
+images `jepa demo` writes (under --data, written here when missing), then `jepa probe --baseline`
+on its 1024 labelled training images and 512 validation images (4 orientations). Prints one
+markdown row per run: linear and kNN (and attentive with --attentive) val top-1 of the pretrained
+EMA encoder and of a random init of the same architecture with the run's seed, the linear gain,
+and the minutes the pretraining took. `--bounds` gives the linear probe on raw pixels and on the
+same encoder trained with labels (the supervised bound).
 """
 
 from __future__ import annotations
@@ -33,21 +34,16 @@ SETTINGS: dict[str, list[str]] = {
 }
 """Named override sets on top of configs/small/demo.yaml (extend with --set NAME=k=v,k=v)."""
 
-DATA = {"pretrain": (2048, 0), "probe-train": (1024, 1), "probe-val": (512, 2)}
+CLASSES = 4
 
 
-def write_data(root: Path, classes: int) -> None:
-    from jepa.data.write import write_synthetic
+def write_data(root: Path) -> dict[str, str]:
+    """The demo's three datasets under `root` (written when missing): name -> shard URL pattern."""
+    from jepa.commands.demo import PRETRAIN, PROBE_DATA, demo_sets, ensure_written
 
-    for name, (n, seed) in DATA.items():
-        if not (root / name / "manifest.json").exists():
-            write_synthetic(root / name, kind="image", n=n, classes=classes, size=64, frames=1, seed=seed,
-                            shard_size=512, progress=False)
-
-
-def urls(root: Path, name: str) -> str:
-    n = DATA[name][0] // 512
-    return str(root / name / f"shard-{{000000..{n - 1:06d}}}.tar")
+    sets = demo_sets(root, images=PRETRAIN[0], probe_images=PROBE_DATA["train"][0])
+    return {name: ensure_written(folder, n=n, seed=seed, classes=classes)
+            for name, (folder, n, seed, classes) in sets.items()}
 
 
 def run(cmd: list[str]) -> None:
@@ -56,20 +52,21 @@ def run(cmd: list[str]) -> None:
         sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
 
 
-def pretrain_and_probe(root: Path, out: Path, overrides: list[str], *, seed: int, steps: int) -> dict:
+def pretrain_and_probe(urls: dict[str, str], out: Path, overrides: list[str], *, seed: int, steps: int,
+                       kind: str) -> dict:
     t0 = time.perf_counter()
     run([sys.executable, "-m", "jepa.cli", "train", "small/demo", f"output_dir={out}", f"seed={seed}",
-         f"data.sources=[{{urls: '{urls(root, 'pretrain')}', kind: image}}]", f"optim.total_steps={steps}",
+         f"data.sources=[{{urls: '{urls['pretrain']}', kind: image}}]", f"optim.total_steps={steps}",
          f"checkpoint.every_steps={steps}", "logging.every_steps=100", *overrides])
     minutes = (time.perf_counter() - t0) / 60
-    run([sys.executable, "-m", "jepa.cli", "probe", str(out), "--train", urls(root, "probe-train"),
-         "--val", urls(root, "probe-val"), "--kind", "all", "--baseline", f"probe.seed={seed}"])
+    run([sys.executable, "-m", "jepa.cli", "probe", str(out), "--train", urls["train"], "--val", urls["val"],
+         "--kind", kind, "--baseline", f"probe.seed={seed}"])
     results = json.loads((out / "probe" / "results.json").read_text())["encoders"]
     return {"minutes": minutes, **{f"{enc}/{kind}": r["val_top1"] for enc, probes in results.items()
                                    for kind, r in probes.items()}}
 
 
-def bounds(root: Path, *, steps: int, classes: int) -> dict[str, float]:
+def bounds(urls: dict[str, str], *, steps: int, classes: int = CLASSES) -> dict[str, float]:
     """Linear probe on raw pixels, and on the demo encoder trained with labels for `steps` steps."""
     import torch
     import torch.nn.functional as F
@@ -85,7 +82,7 @@ def bounds(root: Path, *, steps: int, classes: int) -> dict[str, float]:
     p = cfg.probe
 
     def images(name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        stream = build_eval_loader(urls(root, name), cfg=cfg, clips=is_video_model(cfg), rank=0, world_size=1,
+        stream = build_eval_loader(urls[name], cfg=cfg, clips=is_video_model(cfg), rank=0, world_size=1,
                                    batch_size=256)
         batches = list(stream)
         return torch.cat([b["x"] for b in batches]), torch.cat([b["label"] for b in batches])
@@ -95,12 +92,12 @@ def bounds(root: Path, *, steps: int, classes: int) -> dict[str, float]:
                             weight_decays=p.linear_weight_decays, epochs=p.linear_epochs,
                             batch_size=p.linear_batch_size, holdout_fraction=p.holdout_fraction, seed=0).val_top1
 
-    (tx, ty), (vx, vy) = images("probe-train"), images("probe-val")
+    (tx, ty), (vx, vy) = images("train"), images("val")
     raw = probe(F.avg_pool2d(tx, 4).flatten(1), ty, F.avg_pool2d(vx, 4).flatten(1), vy)
     torch.manual_seed(0)
     encoder = build_encoder(cfg)
     head = torch.nn.Linear(encoder.embed_dim, classes)
-    px, py = images("pretrain")
+    px, py = images("train")  # the probe's labelled training images: the bound uses no more labels
     opt = torch.optim.AdamW([*encoder.parameters(), *head.parameters()], lr=1e-3, weight_decay=0.05)
     generator = torch.Generator().manual_seed(0)
     for _ in range(steps):
@@ -112,10 +109,10 @@ def bounds(root: Path, *, steps: int, classes: int) -> dict[str, float]:
     encoder.eval()
 
     def feats(name: str):
-        stream = build_eval_loader(urls(root, name), cfg=cfg, clips=False, rank=0, world_size=1, batch_size=256)
+        stream = build_eval_loader(urls[name], cfg=cfg, clips=False, rank=0, world_size=1, batch_size=256)
         return gather(extract(encoder, stream, device=torch.device("cpu"), n_last_blocks=1, tokens=False, bf16=False))
 
-    a, b = feats("probe-train"), feats("probe-val")
+    a, b = feats("train"), feats("val")
     return {"raw pixels (16x16x3)": raw, f"supervised encoder ({steps} steps)": probe(a.pooled, a.labels, b.pooled, b.labels)}
 
 
@@ -126,32 +123,31 @@ def main() -> None:
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
     p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--bounds", action="store_true", help="the raw-pixel and supervised rows")
-    p.add_argument("--classes", type=int, default=4, help="synthetic classes (4: four shapes, solid)")
-    p.add_argument("--data", default=None, help="where the synthetic shards are kept (default data/recipes-<classes>)")
+    p.add_argument("--attentive", action="store_true", help="also the attentive probe (slower)")
+    p.add_argument("--data", default="data", help="where the demo's shards are kept (default data)")
     args = p.parse_args()
     settings = dict(SETTINGS)
     for item in args.set:
         name, _, rest = item.partition("=")
         settings[name] = rest.split(",")
-    root = Path(args.data or f"data/recipes-{args.classes}")
-    write_data(root, args.classes)
+    urls = write_data(Path(args.data))
     if args.bounds:
         print("| features | linear val top-1 |\n|---|---:|")
-        for name, acc in bounds(root, steps=args.steps, classes=args.classes).items():
+        for name, acc in bounds(urls, steps=args.steps).items():
             print(f"| {name} | {100 * acc:.1f}% |", flush=True)
         return
-    print("| setting | seed | steps | linear: pretrained | random init | gain | kNN: pretrained | random init "
-          "| attentive: pretrained | random init | minutes |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    kinds = ["linear", "knn"] + ["attentive"] * args.attentive
+    print("| setting | seed | steps | " + " | ".join(f"{k}: pretrained | random init" for k in kinds)
+          + " | linear gain | minutes |")
+    print("|---|---:|---:|" + "---:|---:|" * len(kinds) + "---:|---:|")
     for name in args.settings.split(","):
         for seed in map(int, args.seeds.split(",")):
             with tempfile.TemporaryDirectory() as tmp:
-                r = pretrain_and_probe(root, Path(tmp) / "run", settings[name], seed=seed, steps=args.steps)
-            pre, rnd = r["pretrained/linear"], r["random_init/linear"]
-            print(f"| {name} | {seed} | {args.steps} | {100 * pre:.1f}% | {100 * rnd:.1f}% | {100 * (pre - rnd):+.1f} "
-                  f"| {100 * r['pretrained/knn']:.1f}% | {100 * r['random_init/knn']:.1f}% "
-                  f"| {100 * r['pretrained/attentive']:.1f}% | {100 * r['random_init/attentive']:.1f}% "
-                  f"| {r['minutes']:.1f} |", flush=True)
+                r = pretrain_and_probe(urls, Path(tmp) / "run", settings[name], seed=seed, steps=args.steps,
+                                       kind="all" if args.attentive else "linear,knn")
+            cells = " | ".join(f"{100 * r[f'pretrained/{k}']:.1f}% | {100 * r[f'random_init/{k}']:.1f}%" for k in kinds)
+            gain = 100 * (r["pretrained/linear"] - r["random_init/linear"])
+            print(f"| {name} | {seed} | {args.steps} | {cells} | {gain:+.1f} | {r['minutes']:.1f} |", flush=True)
 
 
 if __name__ == "__main__":
