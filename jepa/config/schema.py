@@ -50,6 +50,11 @@ class PredictorConfig:
     """Attention heads in the predictor; embed_dim / num_heads must satisfy the RoPE split."""
     per_block: bool = False
     """True: one predictor sequence per target block (I-JEPA); False: all target tokens in one sequence."""
+    abs_pos: bool = True
+    """Add sin-cos absolute positions to the predictor's context and mask tokens, besides RoPE (I-JEPA's
+    predictor adds them too). Every mask token is the same learned vector: with RoPE alone, queries at
+    two target positions differ only by a rotation that small heads barely resolve, and the tiny
+    demo's trained predictor gave every target token of an image the same prediction."""
 
 
 @dataclass

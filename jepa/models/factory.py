@@ -86,7 +86,7 @@ def build_predictor(cfg: Config, *, encoder_dim: int) -> Predictor:
     rope = build_rope(m.rope, head_dim=p.embed_dim // p.num_heads, num_heads=p.num_heads, depth=p.depth)
     # Without RoPE the mask tokens need absolute positions to tell target positions apart.
     return Predictor(encoder_dim=encoder_dim, embed_dim=p.embed_dim, depth=p.depth, num_heads=p.num_heads,
-                     rope=rope, abs_pos=m.abs_pos or rope is None, per_block=p.per_block,
+                     rope=rope, abs_pos=p.abs_pos or m.abs_pos or rope is None, per_block=p.per_block,
                      activation_checkpointing=m.activation_checkpointing)
 
 
