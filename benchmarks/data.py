@@ -39,17 +39,21 @@ from jepa.masks import MaskGenerator, build_mask_generator, mask_rng  # noqa: E4
 WORKERS = (0, 1, 2)
 
 
-def make_data(root: Path) -> dict[str, tuple[str, dict]]:
-    """Synthetic shards and the data config of each stream (kind -> (urls, data section))."""
-    image = write_synthetic(root / "image", kind="image", n=256, classes=8, size=256, frames=1, seed=0,
-                            shard_size=32, progress=False)
-    video = write_synthetic(root / "video", kind="video", n=48, classes=8, size=128, frames=48, seed=0,
-                            shard_size=8, progress=False)
-    common = dict(batch_size=16, samples_per_epoch=100_000, shuffle_buffer=64)
+def make_data(root: Path, *, toy: bool = False) -> dict[str, tuple[str, dict]]:
+    """Synthetic shards and the data config of each stream (kind -> (urls, data section)); `toy`: a few
+    small images and two short videos (benchmarks/gpu.sh --toy)."""
+    n_img, img_px, n_vid, vid_frames = (8, 64, 2, 16) if toy else (256, 256, 48, 48)
+    image = write_synthetic(root / "image", kind="image", n=n_img, classes=4 if toy else 8, size=img_px, frames=1,
+                            seed=0, shard_size=4 if toy else 32, progress=False)
+    video = write_synthetic(root / "video", kind="video", n=n_vid, classes=2 if toy else 8, size=64 if toy else 128,
+                            frames=vid_frames, seed=0, shard_size=2 if toy else 8, progress=False)
+    common = dict(batch_size=4 if toy else 16, samples_per_epoch=1000 if toy else 100_000,
+                  shuffle_buffer=4 if toy else 64)
     return {
-        "image": (image.pattern, dict(common, sources=[{"urls": image.pattern, "kind": "image"}], image_size=224)),
+        "image": (image.pattern, dict(common, sources=[{"urls": image.pattern, "kind": "image"}],
+                                      image_size=112 if toy else 224)),
         "video": (video.pattern, dict(common, sources=[{"urls": video.pattern, "kind": "video"}], image_size=112,
-                                      num_frames=16, frame_step=2)),
+                                      num_frames=16, frame_step=1 if toy else 2)),
     }
 
 

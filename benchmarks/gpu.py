@@ -45,7 +45,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/data.py, 
 import data as data_bench  # noqa: E402  (benchmarks/data.py)
 
 from jepa import config  # noqa: E402
-from jepa.data.write import write_synthetic  # noqa: E402
 from jepa.masks import MaskSet, build_mask_generator, mask_rng  # noqa: E402
 from jepa.models.factory import build_jepa, input_grid  # noqa: E402
 from jepa.train.ema import ema_update  # noqa: E402
@@ -174,22 +173,10 @@ def bench_step(cfg_name: str, overrides: list[str], batch: int, steps: int, devi
     return StepResult(step_s, flops, peak, share)
 
 
-def toy_data(root: Path) -> dict[str, tuple[str, dict]]:
-    """benchmarks/data.py's streams at toy size: a few small images and two short videos."""
-    image = write_synthetic(root / "image", kind="image", n=8, classes=4, size=64, frames=1, seed=0,
-                            shard_size=4, progress=False)
-    video = write_synthetic(root / "video", kind="video", n=2, classes=2, size=64, frames=16, seed=0,
-                            shard_size=2, progress=False)
-    common = dict(batch_size=4, samples_per_epoch=1000, shuffle_buffer=4)
-    return {"image": (image.pattern, dict(common, sources=[{"urls": image.pattern, "kind": "image"}], image_size=112)),
-            "video": (video.pattern, dict(common, sources=[{"urls": video.pattern, "kind": "video"}], image_size=112,
-                                          num_frames=16, frame_step=1))}
-
-
 def bench_data(workers: int, batches: int, toy: bool) -> dict[str, tuple[int, data_bench.Run]]:
     """{kind: (batch size, pipeline run)} for image and video streams with `workers` workers."""
     with tempfile.TemporaryDirectory() as tmp:
-        streams = toy_data(Path(tmp)) if toy else data_bench.make_data(Path(tmp))
+        streams = data_bench.make_data(Path(tmp), toy=toy)
         return {kind: (data["batch_size"], data_bench.pipeline(data_bench.config(kind, data, workers), batches))
                 for kind, (_, data) in streams.items()}
 
