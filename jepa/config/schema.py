@@ -54,7 +54,7 @@ class PredictorConfig:
     """Add sin-cos absolute positions to the predictor's context and mask tokens, besides RoPE (I-JEPA's
     predictor adds them too). Every mask token is the same learned vector: with RoPE alone, queries at
     two target positions differ only by a rotation that small heads barely resolve, and the tiny
-    demo's trained predictor gave every target token of an image the same prediction."""
+    demo's trained predictor gave every target token of an image nearly the same prediction."""
 
 
 @dataclass
