@@ -13,6 +13,7 @@ import yaml
 from jepa import cli, config
 from jepa.config.docs import SCHEMA_MODULES, SECTION_ORDER, field_docs
 from jepa.errors import ConfigError
+from jepa.config.rope_check import ROPE_FAR_CELLS, ROPE_MAX_FAR_COSINE
 from jepa.models.rope import RotaryEmbedding
 
 
@@ -94,14 +95,15 @@ def test_out_of_range_names_key_value_and_need(raw, key, fragment):
 
 
 @pytest.mark.parametrize("config_name, override, key, fix", [
-    ("vjepa_vitl16", "model.predictor.num_heads=6", "model.predictor.num_heads", "use num_heads=3 (head_dim 12)"),
-    ("vjepa_vitl16", "model.num_heads=8", "model.num_heads", "use num_heads=4 (head_dim 16)"),
-    ("ijepa_vitb16", "model.predictor.num_heads=8", "model.predictor.num_heads", "use num_heads=4 (head_dim 8)"),
+    ("vjepa_vitl16", "model.predictor.num_heads=6", "model.predictor.num_heads", "use num_heads=2 (head_dim 24)"),
+    ("vjepa_vitl16", "model.num_heads=8", "model.num_heads", "use num_heads=2 (head_dim 32)"),
+    ("ijepa_vitb16", "model.predictor.num_heads=8", "model.predictor.num_heads", "use num_heads=2 (head_dim 16)"),
+    ("ijepa_vitb16", "model.predictor.num_heads=4", "model.predictor.num_heads", "use num_heads=2 (head_dim 16)"),
     ("vjepa_vitl16", "model.rope.temporal_scale=1e5", "model.num_heads", "raise model.embed_dim or change model.rope"),
 ])
 def test_rope_that_rotates_two_cells_alike_is_refused(config_name, override, key, fix):
-    """One line naming the key and the largest head count whose RoPE rows are all distinct (or, when
-    none is, what else to change)."""
+    """One line naming the key and the largest head count whose RoPE rows are all distinct and far
+    cells' codes unalike (or, when none is, what else to change)."""
     with pytest.raises(ConfigError) as e:
         config.load(config.CONFIG_DIR / "small" / f"{config_name}.yaml", [override])
     message = str(e.value)
@@ -110,10 +112,10 @@ def test_rope_that_rotates_two_cells_alike_is_refused(config_name, override, key
 
 def test_rope_collision_names_two_cells_that_share_a_row_and_the_fixed_config_loads():
     """Predictor 36 wide with 6 heads on the small video config: head_dim 6 is one `centre` pair per
-    axis, which repeats every n/2 cells of the 4 x 8 x 8 grid. The shipped config uses 3 heads."""
+    axis, which repeats every n/2 cells of the 4 x 8 x 8 grid. The shipped config uses 48 / 2."""
     path = config.CONFIG_DIR / "small" / "vjepa_vitl16.yaml"
     with pytest.raises(ConfigError) as e:
-        config.load(path, ["model.predictor.num_heads=6"])
+        config.load(path, ["model.predictor.embed_dim=36", "model.predictor.num_heads=6"])
     found = re.search(r"cells (\(.*?\)) and (\(.*?\)) of the (\(.*?\)) token grid", str(e.value))
     a, b, grid = (ast.literal_eval(g) for g in found.groups())
     assert grid == (4, 8, 8) and a != b
@@ -121,7 +123,23 @@ def test_rope_collision_names_two_cells_that_share_a_row_and_the_fixed_config_lo
     table = RotaryEmbedding(head_dim=6, ndim=3).table(grid)
     assert torch.dist(table[np.ravel_multi_index(a, grid)], table[np.ravel_multi_index(b, grid)]) < 1e-6
     predictor = config.load(path).model.predictor
-    assert (predictor.embed_dim, predictor.num_heads) == (36, 3)
+    assert (predictor.embed_dim, predictor.num_heads) == (48, 2)
+
+
+def test_rope_whose_far_cells_are_nearly_alike_names_them_and_the_bound():
+    """The small image predictor at 4 heads (head_dim 8, two `centre` pairs per axis): the fast pair
+    repeats every 4 cells, so cells 4 apart get codes 0.95 alike. The error names two such cells."""
+    with pytest.raises(ConfigError) as e:
+        config.load(config.CONFIG_DIR / "small" / "ijepa_vitb16.yaml", ["model.predictor.num_heads=4"])
+    found = re.search(r"cells (\(.*?\)) and (\(.*?\)) of the (\(.*?\)) token grid, (\d+) apart, nearly the same "
+                      r"rotation \(cosine similarity ([\d.]+)", str(e.value))
+    a, b, grid = (ast.literal_eval(g) for g in found.groups()[:3])
+    apart, cosine = int(found[4]), float(found[5])
+    assert grid == (8, 8) and apart == max(abs(x - y) for x, y in zip(a, b)) >= ROPE_FAR_CELLS
+    table = RotaryEmbedding(head_dim=8, ndim=2).table(grid).double()
+    rows = table[[np.ravel_multi_index(a, grid), np.ravel_multi_index(b, grid)]]
+    measured = torch.nn.functional.cosine_similarity(rows[0], rows[1], dim=0).item()
+    assert measured == pytest.approx(cosine, abs=1e-3) and measured > ROPE_MAX_FAR_COSINE
 
 
 def test_missing_file_cycle_and_bad_yaml(tmp_path):

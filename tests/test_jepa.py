@@ -20,7 +20,7 @@ BATCH = 8
 def tiny_config(*, video=False, levels=None, per_block=None, loss="smooth_l1", **model):
     raw = {
         "model": {"embed_dim": 64, "depth": 4, "num_heads": 4, "patch_size": 8, **model,
-                  "predictor": {"embed_dim": 32, "depth": 2, "num_heads": 2 if video else 4,
+                  "predictor": {"embed_dim": 32, "depth": 2, "num_heads": 2,
                                 "per_block": (not video) if per_block is None else per_block}},
         "data": {"image_size": 32 if video else 64, "num_frames": 8},
         "mask": {"min_keep": 4},
