@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 # checkouts (or venvs) from rebuilding it over each other in the shared ~/.cache.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/$(VENV)/torch_extensions
 
-.PHONY: setup slurm-deps demo test test-fast clean
+.PHONY: setup slurm-deps demo demo-video test test-fast clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,9 @@ test-fast: setup
 
 demo: setup
 	$(BIN)/jepa demo
+
+demo-video: setup
+	$(BIN)/jepa demo --video
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

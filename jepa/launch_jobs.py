@@ -120,7 +120,8 @@ def probe_args(run: Path, args) -> list[str]:
     out = Path(args.out).resolve() if args.out else run / PROBE_DIR
     argv = ["probe", str(run), "--train", args.train, "--val", args.val, "--kind", args.kind,
             "--encoder", args.encoder, "--out", str(out)]
-    return argv + (["--baseline"] if args.baseline else []) + list(args.overrides)
+    flags = [flag for flag, on in (("--baseline", args.baseline), ("--shuffle-frames", args.shuffle_frames)) if on]
+    return argv + flags + list(args.overrides)
 
 
 def submit_probe(run: Path, args, *, dry_run: bool = False) -> tuple[str, Path] | str:

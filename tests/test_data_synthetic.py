@@ -1,5 +1,6 @@
 """The synthetic datasets: deterministic, balanced, and hard in the right way (a single video frame
-or an image's mean colour says nothing about the class; motion tells a video's class)."""
+or an image's mean colour says nothing about the class; motion tells a video's class, for a moving
+object and for a sliding mosaic alike)."""
 
 import numpy as np
 import pytest
@@ -41,11 +42,15 @@ def motion_class(clip: np.ndarray, k: int = 3) -> int:
     return int(np.round(angle / (2 * np.pi / CLASSES))) % CLASSES
 
 
-@pytest.fixture(scope="module")
-def videos() -> tuple[np.ndarray, np.ndarray]:
+RENDER_VIDEO = {"object": synthetic.render_video, "flow": synthetic.render_flow}
+
+
+@pytest.fixture(scope="module", params=list(RENDER_VIDEO))
+def videos(request) -> tuple[np.ndarray, np.ndarray]:
     labels = np.array([synthetic.label_of(i, CLASSES) for i in range(CLASSES * PER_CLASS)])
-    clips = np.stack([synthetic.render_video(synthetic.sample_rng(0, i, "video"), size=SIZE, frames=FRAMES,
-                                             label=int(label), classes=CLASSES) for i, label in enumerate(labels)])
+    render = RENDER_VIDEO[request.param]
+    clips = np.stack([render(synthetic.sample_rng(0, i, "video"), size=SIZE, frames=FRAMES, label=int(label),
+                             classes=CLASSES) for i, label in enumerate(labels)])
     return clips, labels
 
 
@@ -76,13 +81,13 @@ def test_image_mean_colour_cannot_tell_the_class():
     assert nearest_mean_accuracy(images.mean(axis=(1, 2)), labels) < 0.3
 
 
-@pytest.mark.parametrize("kind", ["image", "video"])
+@pytest.mark.parametrize("kind", ["image", "object", "flow"])
 def test_same_seed_same_pixels_other_seed_other_pixels(kind):
     def render(seed):
-        rng = synthetic.sample_rng(seed, 5, kind)
+        rng = synthetic.sample_rng(seed, 5, "image" if kind == "image" else "video")
         if kind == "image":
             return synthetic.render_image(rng, size=16, label=3)
-        return synthetic.render_video(rng, size=16, frames=3, label=3, classes=4)
+        return RENDER_VIDEO[kind](rng, size=16, frames=3, label=3, classes=4)
     assert np.array_equal(render(0), render(0))
     assert not np.array_equal(render(0), render(1))
 
@@ -119,5 +124,7 @@ def test_class_names_and_limits():
         synthetic.check_classes("video", synthetic.MAX_VIDEO_CLASSES + 1)
     with pytest.raises(ValueError, match="2..16"):
         synthetic.check_classes("image", 17, "stripes")
-    with pytest.raises(ValueError, match="tasks are shapes, stripes"):
+    with pytest.raises(ValueError, match="image tasks are shapes, stripes"):
         synthetic.check_classes("image", 4, "spots")
+    with pytest.raises(ValueError, match="video tasks are object, flow"):
+        synthetic.check_classes("video", 4, "stripes")

@@ -17,8 +17,8 @@ SOURCES = sorted((ROOT / "jepa").rglob("*.py"))
 
 SCALAR = re.compile(r"^[a-z]+(/([a-z0-9_]|\{\})+)+$")
 """A TensorBoard tag as the code spells it: `namespace/name`, f-string fields as `{}`."""
-NOT_SCALARS = {"runs/default", "small/demo", "finished/unknown", "loss/level"}
-"""Strings of that shape that are not scalar names (a default output_dir, a config name, a job state,
+NOT_SCALARS = {"runs/default", "small/demo", "small/demo_video", "finished/unknown", "loss/level"}
+"""Strings of that shape that are not scalar names (a default output_dir, config names, a job state,
 the prefix the console line picks the level losses by)."""
 
 

@@ -44,10 +44,14 @@ def shards(tmp_path_factory) -> dict[str, str]:
     return out
 
 
-def make_run(tmp_path: Path, *, step: int = 7, **model) -> Path:
+VIDEO = {"mask": {"kind": "multiblock3d"}, "data": {"image_size": 32, "num_frames": 4, "frame_step": 2}}
+"""make_run(..., sections=VIDEO, rope={"kind": "3d"}): a video encoder on 4-frame 32 px clips."""
+
+
+def make_run(tmp_path: Path, *, step: int = 7, sections: dict | None = None, **model) -> Path:
     """A run folder with one committed checkpoint holding a seeded encoder as its EMA target."""
     cfg = from_dict({"output_dir": str(tmp_path / "run"), "model": {**TINY, **model},
-                     "hierarchy": {"levels": [{"block": -1}]}, "data": {"image_size": 32}})
+                     "hierarchy": {"levels": [{"block": -1}]}, "data": {"image_size": 32}, **(sections or {})})
     torch.manual_seed(step)
     tag_dir = Path(cfg.output_dir) / "checkpoints" / tag_for(step)
     tag_dir.mkdir(parents=True)
@@ -215,3 +219,38 @@ def test_probe_kinds_parse_as_a_list_or_all():
     assert _kinds("knn,linear,knn") == ("knn", "linear")
     with pytest.raises(argparse.ArgumentTypeError, match="unknown probe lin: choose from linear, knn, attentive"):
         _kinds("lin")
+
+
+def test_shuffled_frames_are_a_fixed_permutation_per_sample_key():
+    from jepa.errors import UserError
+    from jepa.eval.features import shuffled_frames
+
+    clips = torch.arange(8, dtype=torch.float32)[None, None, :, None, None].expand(4, 3, 8, 2, 2).clone()
+    out = shuffled_frames(clips, ["a", "b", "a", "c"])
+    orders = out[:, 0, :, 0, 0].long()
+    assert all(sorted(o.tolist()) == list(range(8)) for o in orders)             # every frame once
+    assert torch.equal(out, out[:, :1].expand_as(out))                            # channels and pixels move together
+    assert torch.equal(orders[0], orders[2]) and not torch.equal(orders[0], orders[1])  # fixed by the key
+    assert not torch.equal(orders[0], torch.arange(8))
+    assert torch.equal(shuffled_frames(clips, ["a", "b", "a", "c"]), out)         # the same order on every call
+    with pytest.raises(UserError, match="video encoders only"):
+        shuffled_frames(torch.zeros(2, 3, 8, 8), ["a", "b"])
+
+
+def test_shuffle_frames_adds_a_column_for_video_encoders_and_refuses_images(tmp_path, shards, capsys):
+    from jepa.eval.features import cache_key
+
+    videos = {}
+    for name, n, seed in (("train", 16, 1), ("val", 8, 2)):
+        write_synthetic(tmp_path / name, kind="video", n=n, classes=2, size=32, frames=8, seed=seed, shard_size=n,
+                        progress=False)
+        videos[name] = str(tmp_path / name / "shard-000000.tar")
+    run = make_run(tmp_path / "video", sections=VIDEO, rope={"kind": "3d"})
+    results = probe(run, videos, "--shuffle-frames", "--kind", "linear,knn", "--baseline")
+    assert list(results["encoders"]) == ["pretrained", "random_init", "pretrained_frames_shuffled"]
+    assert results["baselines"]["pretrained_frames_shuffled"] == {**results["source"], "frames": "shuffled"}
+    assert all(set(r) == {"linear", "knn"} for r in results["encoders"].values())
+    key = dict(weights_sha1="0" * 40, urls=videos["val"], geometry={}, n_last_blocks=1, tokens=False)
+    assert cache_key(**key) != cache_key(**key, shuffle_frames=True)  # cached features never mix the two
+    assert "applies to video encoders" in probe(make_run(tmp_path / "image"), shards, "--shuffle-frames",
+                                                ok=False, capsys=capsys)

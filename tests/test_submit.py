@@ -224,11 +224,11 @@ def test_probe_dry_run_waits_for_the_dependency(tmp_path):
     run.mkdir()
     (run / "config.yaml").write_text("launch:\n  cluster: slurm\n  tasks_per_node: 4\n  gpus_per_node: 4\n")
     proc = jepa_submit(["--probe", str(run), "--train", "a.tar", "--val", "b.tar", "--kind", "linear",
-                        "--dependency", "afterok:4242", "--dry-run"], config=[])
+                        "--shuffle-frames", "--dependency", "afterok:4242", "--dry-run"], config=[])
     lines = proc.stdout.splitlines()
     for line in ("#SBATCH --dependency=afterok:4242", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=1"):
         assert line in lines, proc.stdout
-    assert f"--out {run}/probe" in proc.stdout and not (run / "probe").exists()
+    assert f"--out {run}/probe --shuffle-frames" in proc.stdout and not (run / "probe").exists()
 
 
 @pytest.mark.slow

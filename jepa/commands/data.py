@@ -38,10 +38,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "class is a shape x texture pair (up to 32 classes), with colour, size, rotation, "
                     "position and background random; or, with --task stripes, the orientation of stripes "
                     "whose colours change region by region (up to 16). Videos (H.264 mp4): the class is the direction "
-                    "of motion (up to 16), so no single frame tells it.")
+                    "of motion (up to 16) of one object over a static background, or with --task flow of a "
+                    "colour mosaic that fills the frame; no single frame tells it.")
     synth.add_argument("--kind", choices=("image", "video"), required=True, help="image or video")
-    synth.add_argument("--task", choices=("shapes", "stripes"), default="shapes",
-                       help="what an image's class is: a shape x texture pair, or a stripe orientation (default shapes)")
+    synth.add_argument("--task", choices=("shapes", "stripes", "object", "flow"),
+                       help="what the class is: images: a shape x texture pair (shapes, the default) or a stripe "
+                            "orientation (stripes); videos: the direction of a moving object (object, the default) "
+                            "or of a sliding mosaic (flow)")
     synth.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     synth.add_argument("--n", type=int, required=True, help="number of samples")
     synth.add_argument("--classes", type=int, required=True, metavar="K", help="number of classes")

@@ -10,6 +10,8 @@ import argparse
 from pathlib import Path
 
 KINDS = ("linear", "knn", "attentive")
+SHUFFLED = "pretrained_frames_shuffled"
+"""The column of the pretrained encoder probed on frame-shuffled clips (--shuffle-frames)."""
 
 
 def _kinds(text: str) -> tuple[str, ...]:
@@ -37,6 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "context encoder")
     p.add_argument("--baseline", action="store_true",
                    help="also probe a randomly initialised encoder of the same architecture, side by side")
+    p.add_argument("--shuffle-frames", action="store_true",
+                   help="video encoders: also probe the pretrained encoder on the same clips with their frames "
+                        "shuffled (a fixed random order per clip), side by side; on a label that needs motion the "
+                        "gap is what the encoder reads from the order of the frames")
     p.add_argument("--out", metavar="DIR", help="output folder (default: RUN/probe, or WEIGHTS-probe/ beside a file)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="dotted overrides of the probe and data sections, e.g. probe.linear_epochs=50")
@@ -64,10 +70,12 @@ def _probe(args: argparse.Namespace) -> int:
         encoders = {"pretrained": encoder}
         if args.baseline:
             encoders["random_init"] = random_like(encoder, seed=cfg.probe.seed)
-        results = {}
-        for name, enc in encoders.items():
-            results[name] = probe_encoder(enc, cfg=cfg, train_urls=args.train, val_urls=args.val, kinds=kinds,
-                                          device=dist.device, progress=dist.is_main)
+        runs = [(name, enc, False) for name, enc in encoders.items()]
+        if args.shuffle_frames:
+            runs.append((SHUFFLED, encoder, True))
+        results = {name: probe_encoder(enc, cfg=cfg, train_urls=args.train, val_urls=args.val, kinds=kinds,
+                                       device=dist.device, progress=dist.is_main, shuffle_frames=shuffle)
+                   for name, enc, shuffle in runs}
     finally:
         shutdown()
     if not dist.is_main:
@@ -76,7 +84,8 @@ def _probe(args: argparse.Namespace) -> int:
                                            source.with_name(source.stem + "-probe"))
     summary = {"source": encoder.source, "train": args.train, "val": args.val,
                "world_size": dist.world_size, "device": str(dist.device), "torch": torch.__version__,
-               "encoders": results, "baselines": {n: e.source for n, e in encoders.items() if n != "pretrained"}}
+               "encoders": results, "baselines": {n: {**e.source, **({"frames": "shuffled"} if shuffle else {})}
+                             for n, e, shuffle in runs if n != "pretrained"}}
     report.write_json(summary, out / "results.json")
     if "linear" in kinds:
         report.grid_png(results["pretrained"]["linear"]["heads"], out / "linear_grid.png",

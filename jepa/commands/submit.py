@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--kind", choices=("linear", "knn", "attentive", "all"), default="all")
     g.add_argument("--encoder", choices=("ema", "context"), default="ema")
     g.add_argument("--baseline", action="store_true", help="also probe a randomly initialised encoder")
+    g.add_argument("--shuffle-frames", action="store_true",
+                   help="video encoders: also probe the pretrained encoder on frame-shuffled clips")
     g.add_argument("--out", metavar="DIR", help="probe output folder (default: RUN/probe)")
     g.add_argument("--dependency", metavar="TYPE:JOBID", help="SLURM dependency, e.g. afterok:4242")
     p.set_defaults(func=_submit)

@@ -16,11 +16,13 @@ orientation, period, phase and polarity of the stripes. A linear read of the pix
 orientation (the phase is random), a model that sees oriented edges can.
 
 Videos: the class is the direction of motion, `classes` directions evenly spaced around the circle
-(jittered by up to a quarter of the gap). One object of random shape, colour and size moves at a
-random speed over a static background (gradient, noise, two static distractor shapes) and wraps
-around the frame edges (a torus). Because of the wrap, every frame on its own has the same
-distribution in every class (position uniform, appearance independent of the label): only the
-motion between frames tells the class.
+(jittered by up to a quarter of the gap). Task `object`: one object of random shape, colour and
+size moves at a random speed over a static background (gradient, noise, two static distractor
+shapes) and wraps around the frame edges (a torus). Task `flow`: the whole frame is a mosaic of
+random colours (cells of 4 or 8 px) that slides at a random speed, wrapping around: every region
+moves alike, so the motion is what the regions of a clip share (the video twin of the stripes).
+In both, every frame on its own has the same distribution in every class (position uniform,
+appearance independent of the label): only the motion between frames tells the class.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring", "star", "h
 TEXTURES = ("solid", "stripes", "checker", "dots")
 MAX_IMAGE_CLASSES = len(SHAPES) * len(TEXTURES)
 MAX_STRIPE_CLASSES = 16
-IMAGE_TASKS = ("shapes", "stripes")
-"""What the class of a synthetic image is: a shape x texture pair, or a stripe orientation."""
+TASKS = {"image": ("shapes", "stripes"), "video": ("object", "flow")}
+"""What the class of a synthetic sample is: a shape x texture pair or a stripe orientation; the direction
+of a moving object or of a sliding mosaic. The first of each kind is its default."""
 MOSAIC_CELLS = 8
 """Stripe images change colours on a MOSAIC_CELLS x MOSAIC_CELLS grid of cells. With larger cells,
 neighbouring patches share colours and pretraining learns colour codes instead of orientation; see
@@ -54,9 +57,9 @@ def class_names(kind: str, classes: int, task: str = "shapes") -> list[str]:
     return [f"{SHAPES[c % len(SHAPES)]}-{TEXTURES[c // len(SHAPES)]}" for c in range(classes)]
 
 
-def check_classes(kind: str, classes: int, task: str = "shapes") -> None:
-    if kind == "image" and task not in IMAGE_TASKS:
-        raise ValueError(f"synthetic image tasks are {', '.join(IMAGE_TASKS)}; got {task!r}")
+def check_classes(kind: str, classes: int, task: str | None = None) -> None:
+    if task is not None and task not in TASKS[kind]:
+        raise ValueError(f"synthetic {kind} tasks are {', '.join(TASKS[kind])}; got {task!r}")
     top = MAX_VIDEO_CLASSES if kind == "video" else MAX_STRIPE_CLASSES if task == "stripes" else MAX_IMAGE_CLASSES
     if not 2 <= classes <= top:
         name = f"{task} images" if kind == "image" else "videos"
@@ -124,6 +127,25 @@ def render_video(rng: np.random.Generator, *, size: int, frames: int, label: int
     for t in range(frames):
         u, v = _object_coords(s, (start + t * velocity) % s, radius, angle, wrap=True)
         out[t] = _downsample(np.where(_shape_mask(shape, u, v)[..., None], colour, background))
+    return out
+
+
+def render_flow(rng: np.random.Generator, *, size: int, frames: int, label: int, classes: int) -> np.ndarray:
+    """One (frames, size, size, 3) uint8 clip of a colour mosaic sliding in direction `label` of `classes`."""
+    s = size * SUPERSAMPLE
+    cell = int(rng.choice((4, 8))) * SUPERSAMPLE
+    cells = -(-s // cell)
+    mosaic = np.kron(rng.uniform(0, 1, size=(cells, cells, 3)), np.ones((cell, cell, 1)))  # periodic: wraps whole
+    gap = 2 * math.pi / classes
+    direction = label * gap + rng.uniform(-gap / 4, gap / 4)
+    speed = rng.uniform(1.5, 3.0) * SUPERSAMPLE  # output pixels per frame: under half a cell between frames
+    velocity = speed * np.array([math.cos(direction), math.sin(direction)])
+    start = rng.uniform(0, len(mosaic), size=2)
+    out = np.empty((frames, size, size, 3), np.uint8)
+    for t in range(frames):
+        dx, dy = np.round(start + t * velocity).astype(int)
+        frame = np.roll(mosaic, (dy, dx), axis=(0, 1))[:s, :s]
+        out[t] = _downsample(np.clip(frame + rng.normal(0, 0.03, size=frame.shape), 0, 1))
     return out
 
 

@@ -216,11 +216,14 @@ def write_folder(root: str | Path, out: str | Path, *, kind: str, shard_size: in
 # ----------------------------------------------------------------------------- synthetic
 
 def write_synthetic(out: str | Path, *, kind: str, n: int, classes: int, size: int, frames: int, seed: int,
-                    shard_size: int, fps: float = 8.0, task: str = "shapes", progress: bool = True) -> WriteSummary:
+                    shard_size: int, fps: float = 8.0, task: str | None = None, progress: bool = True) -> WriteSummary:
     """A synthetic labelled dataset (jepa.data.synthetic) as shards: png images or H.264 mp4 videos.
-    `task` picks what an image's class is (shapes or stripes); videos ignore it."""
+    `task` picks what a sample's class is (jepa.data.synthetic.TASKS; default the kind's first)."""
     from jepa.data import synthetic
 
+    if kind not in synthetic.TASKS:
+        raise UserError(f"--kind must be image or video, got {kind!r}")
+    task = task or synthetic.TASKS[kind][0]
     if n < 1:
         raise UserError(f"--n must be >= 1, got {n}")
     try:
@@ -236,7 +239,7 @@ def write_synthetic(out: str | Path, *, kind: str, n: int, classes: int, size: i
                                  fps=fps, names=names, task=task)
     return write_samples(samples, out, kind=kind, shard_size=shard_size,
                          classes={name: i for i, name in enumerate(names)}, skipped=Counter(), total=n,
-                         progress=progress, source=f"synthetic {kind if kind == 'video' else task} seed={seed}")
+                         progress=progress, source=f"synthetic {'video' if task == 'object' else task} seed={seed}")
 
 
 def _synthetic_samples(kind: str, *, n: int, classes: int, size: int, frames: int, seed: int,
@@ -256,6 +259,7 @@ def _synthetic_samples(kind: str, *, n: int, classes: int, size: int, frames: in
             Image.fromarray(image).save(buf, format="PNG")
             ext, data = "png", buf.getvalue()
         else:
-            clip = synthetic.render_video(rng, size=size, frames=frames, label=label, classes=classes)
+            render = synthetic.render_flow if task == "flow" else synthetic.render_video
+            clip = render(rng, size=size, frames=frames, label=label, classes=classes)
             ext, data = "mp4", encode_mp4(clip, fps=fps)
         yield ShardSample(f"{index:09d}", ext, data, label, {"class": names[label]})

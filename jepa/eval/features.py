@@ -12,8 +12,12 @@ so the result does not depend on the number of ranks or workers. Per sample:
 With several evaluation clips or views per sample (`data.eval_clips`, `data.eval_views`), a sample's
 features are the mean over its clips and views.
 
-The cache key covers the encoder's weights, the shard URLs, the sample geometry and the feature
-choice, so one extraction serves several probes and a changed input never reuses stale features.
+`shuffle_frames` permutes each clip's frames before the encoder, in an order fixed by the sample key
+(the same for every clip and view of a sample, and for every run): the frame-shuffled baseline that
+shows whether an encoder reads motion.
+
+The cache key covers the encoder's weights, the shard URLs, the sample geometry, the frame order and
+the feature choice, so one extraction serves several probes and a changed input never reuses stale features.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,15 +53,16 @@ class Features:
         return len(self.keys)
 
 
-def cache_key(*, weights_sha1: str, urls: str, geometry: dict, n_last_blocks: int, tokens: bool) -> str:
+def cache_key(*, weights_sha1: str, urls: str, geometry: dict, n_last_blocks: int, tokens: bool,
+              shuffle_frames: bool = False) -> str:
     blob = json.dumps({"weights": weights_sha1, "urls": urls, "geometry": geometry, "n_last_blocks": n_last_blocks,
-                       "tokens": tokens}, sort_keys=True)
+                       "tokens": tokens, **({"shuffle_frames": True} if shuffle_frames else {})}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:20]
 
 
 @torch.no_grad()
 def extract(encoder: torch.nn.Module, stream: EvalStream, *, device: torch.device, n_last_blocks: int,
-            tokens: bool, bf16: bool, progress: bool = False) -> Features:
+            tokens: bool, bf16: bool, progress: bool = False, shuffle_frames: bool = False) -> Features:
     """This rank's features (in stream order); see `gather` for everyone's."""
     from tqdm import tqdm
 
@@ -68,6 +74,8 @@ def extract(encoder: torch.nn.Module, stream: EvalStream, *, device: torch.devic
     bar = tqdm(total=stream.expected_samples(), unit="sample", disable=not progress, leave=False)
     for batch in stream:
         x = batch["x"].to(device, non_blocking=True)
+        if shuffle_frames:
+            x = shuffled_frames(x, batch["key"])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out = encoder(x, return_blocks=inner)
         parts = [F.layer_norm(out["blocks"][i][0].float(), out["blocks"][i][0].shape[-1:]).mean(1) for i in inner]
@@ -82,6 +90,17 @@ def extract(encoder: torch.nn.Module, stream: EvalStream, *, device: torch.devic
     if not keys:
         return Features(keys=[], labels=torch.zeros(0, dtype=torch.long), pooled=torch.zeros(0, 0), tokens=None)
     return _mean_over_views(keys, views, torch.cat(labels), torch.cat(pooled), torch.cat(kept) if tokens else None)
+
+
+def shuffled_frames(clips: torch.Tensor, keys: list[str]) -> torch.Tensor:
+    """(B, C, T, H, W) clips with each one's frames in a random order seeded by its sample key."""
+    if clips.dim() != 5:
+        raise UserError(f"frame shuffling needs clips (B, C, T, H, W), got a batch of shape {tuple(clips.shape)}: "
+                        f"it applies to video encoders only")
+    orders = [torch.randperm(clips.shape[2], generator=torch.Generator().manual_seed(zlib.crc32(k.encode())))
+              for k in keys]
+    index = torch.stack(orders).to(clips.device)[:, None, :, None, None].expand_as(clips)
+    return clips.gather(2, index)
 
 
 def _mean_over_views(keys: list[str], views: list[int], labels: torch.Tensor, pooled: torch.Tensor,

@@ -30,12 +30,16 @@ from jepa.eval.holdout import holdout_split
 log = logging.getLogger("jepa.eval")
 
 def probe_encoder(encoder: FrozenEncoder, *, cfg: Config, train_urls: str, val_urls: str, kinds: tuple[str, ...],
-                  device: torch.device, progress: bool) -> dict | None:
-    """{probe kind: its results} on rank 0 (None on the other ranks); collective over all ranks."""
+                  device: torch.device, progress: bool, shuffle_frames: bool = False) -> dict | None:
+    """{probe kind: its results} on rank 0 (None on the other ranks); collective over all ranks.
+    `shuffle_frames`: train and report on clips whose frames are shuffled (jepa.eval.features)."""
+    if shuffle_frames and not is_video_model(cfg):
+        raise UserError("frame shuffling applies to video encoders, and this is an image encoder: "
+                        "drop --shuffle-frames")
     tokens = "attentive" in kinds
     encoder.module.to(device)
-    train = _features(encoder, cfg, train_urls, tokens=tokens, device=device, progress=progress)
-    val = _features(encoder, cfg, val_urls, tokens=tokens, device=device, progress=progress)
+    train, val = (_features(encoder, cfg, urls, tokens=tokens, device=device, progress=progress,
+                            shuffle_frames=shuffle_frames) for urls in (train_urls, val_urls))
     encoder.module.cpu()
     if dist.is_initialized() and dist.get_rank() != 0:
         return None
@@ -63,7 +67,7 @@ def probe_encoder(encoder: FrozenEncoder, *, cfg: Config, train_urls: str, val_u
 
 
 def _features(encoder: FrozenEncoder, cfg: Config, urls: str, *, tokens: bool, device: torch.device,
-              progress: bool) -> Features:
+              progress: bool, shuffle_frames: bool) -> Features:
     clips = is_video_model(cfg)
     _check_media(urls, clips=clips)
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
@@ -76,12 +80,12 @@ def _features(encoder: FrozenEncoder, cfg: Config, urls: str, *, tokens: bool, d
                     "frame_step": d.frame_step, "target_fps": d.target_fps, "eval_clips": d.eval_clips,
                     "eval_views": d.eval_views}
         key = cache_key(weights_sha1=encoder.source["weights_sha1"], urls=urls, geometry=geometry,
-                        n_last_blocks=cfg.probe.n_last_blocks, tokens=tokens)
+                        n_last_blocks=cfg.probe.n_last_blocks, tokens=tokens, shuffle_frames=shuffle_frames)
         path = Path(cfg.probe.cache_dir) / f"features-{key}.pt"
     bf16 = cfg.probe.bf16 and device.type == "cuda"
     return cached(path, lambda: gather(extract(encoder.module, stream, device=device,
                                                n_last_blocks=cfg.probe.n_last_blocks, tokens=tokens, bf16=bf16,
-                                               progress=progress)))
+                                               progress=progress, shuffle_frames=shuffle_frames)))
 
 
 def _check_media(urls: str, *, clips: bool) -> None:
