@@ -122,7 +122,8 @@ def bounds(data, urls: dict[str, str], *, steps: int, classes: int = CLASSES) ->
 
     a, b = feats("train"), feats("val")
     pixels = f"{cfg.data.num_frames}x16x16x3" if clips else "16x16x3"
-    return {f"raw pixels ({pixels})": raw, f"supervised encoder ({steps} steps)": probe(a.pooled, a.labels, b.pooled, b.labels)}
+    supervised = probe(a.pooled, a.labels, b.pooled, b.labels)
+    return {f"raw pixels ({pixels})": raw, f"supervised encoder ({steps} steps)": supervised}
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
 """Every shipped config gives each cell of its token grid its own RoPE rotation, not nearly shared by
-cells far from it, in the encoder and the predictor the factory builds; a head_dim that merges cells makes the predictor merge their predictions."""
+cells far from it, in the encoder and the predictor the factory builds; a head_dim that merges cells
+makes the predictor merge their predictions."""
 
 import pytest
 import torch

@@ -6,9 +6,9 @@ orientation is the one thing all regions of an image share, so it is what predic
 from visible ones has to learn, and the probe asks for it (4 orientations).
 
 Videos (`--video`): a colour mosaic sliding across the frame (`render_flow`); the probe asks for the
-direction of motion (4 directions), which no single frame shows and every region of a clip shares. A third column probes the
-pretrained encoder on the same clips with their frames shuffled: what it loses there is what it
-reads from the order of the frames.
+direction of motion (4 directions), which no single frame shows and every region of a clip shares.
+A third column probes the pretrained encoder on the same clips with their frames shuffled: what it
+loses there is what it reads from the order of the frames.
 """
 
 from __future__ import annotations
@@ -46,13 +46,13 @@ class DemoData:
     """What the probe asks, for the report."""
 
 
-IMAGE = DemoData(config="small/demo", kind="image", folder="synth-stripes", task="stripes", source="synthetic stripes",
-                 pretrain=(4096, 0, 16), probe=(1024, 1, 2), frames=1,
+IMAGE = DemoData(config="small/demo", kind="image", folder="synth-stripes", task="stripes",
+                 source="synthetic stripes", pretrain=(4096, 0, 16), probe=(1024, 1, 2), frames=1,
                  question="4 stripe orientations, chance 25%")
 """16 jittered orientations cover 180 degrees; the probe's 4 classes are stripes near 0, 45, 90 and 135
 degrees (period, phase and colours random)."""
-VIDEO = DemoData(config="small/demo_video", kind="video", folder="synth-flow", task="flow", source="synthetic flow",
-                 pretrain=(1024, 0, 16), probe=(512, 1, 2), frames=16,
+VIDEO = DemoData(config="small/demo_video", kind="video", folder="synth-flow", task="flow",
+                 source="synthetic flow", pretrain=(1024, 0, 16), probe=(512, 1, 2), frames=16,
                  question="4 directions of motion, chance 25%")
 """16 jittered directions cover the circle; the probe's 4 classes are directions 90 degrees apart."""
 CLASSES = 4
@@ -83,7 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def demo_sets(data: DemoData, root: Path, *, samples: int, probe_samples: int) -> dict[str, tuple[Path, int, int, int]]:
     """name -> (folder, samples, seed, classes) of a demo's three datasets."""
     _, seed, classes = data.pretrain
-    n, train_seed, val_seed = data.probe
+    _, train_seed, val_seed = data.probe
     return {"pretrain": (root / data.folder, samples, seed, classes),
             "train": (root / f"{data.folder}-probe-train", probe_samples, train_seed, CLASSES),
             "val": (root / f"{data.folder}-probe-val", max(probe_samples // 2, 4), val_seed, CLASSES)}
@@ -137,7 +137,8 @@ def _demo(args: argparse.Namespace) -> int:
                             for name, (enc, shuffle) in runs.items()}}
     report.write_json(results, out / "probe" / "results.json")
     top1 = {name: r["linear"]["val_top1"] for name, r in results["encoders"].items()}
-    lines = [f"linear gain of pretraining over random init: {100 * (top1['pretrained'] - top1['random_init']):+.1f} points"]
+    gain = top1["pretrained"] - top1["random_init"]
+    lines = [f"linear gain of pretraining over random init: {100 * gain:+.1f} points"]
     if args.video:
         lines.append(f"linear loss of the pretrained encoder when the frames are shuffled: "
                      f"{100 * (top1['pretrained'] - top1['pretrained_frames_shuffled']):+.1f} points")

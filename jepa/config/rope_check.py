@@ -104,7 +104,8 @@ def _rope_fault(rope_key: tuple, head_dim: int, grid: tuple[int, ...]) -> str | 
 
 
 @functools.lru_cache(maxsize=64)
-def _rope_pairs(rope_key: tuple, head_dim: int, grid: tuple[int, ...]) -> tuple[float, tuple, tuple, float, tuple, tuple]:
+def _rope_pairs(rope_key: tuple, head_dim: int,
+                grid: tuple[int, ...]) -> tuple[float, tuple, tuple, float, tuple, tuple]:
     """(distance relative to the row norm, cell, cell) of the two closest rows of the RoPE table that
     jepa/models/rope.py builds for `grid` at this head_dim, then (cosine similarity, cell, cell) of the
     two most alike cells ROPE_FAR_CELLS or more apart (cosine -1 when no two cells are that far apart);
