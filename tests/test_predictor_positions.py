@@ -15,7 +15,7 @@ import torch
 from jepa import config
 from jepa.data.eval_stream import build_eval_loader
 from jepa.data.write import write_synthetic
-from jepa.masks import build_mask_generator
+from jepa.masks import MaskSet, build_mask_generator
 from jepa.models.factory import build_jepa, input_grid
 from jepa.train.checkpoint import EMA_FILE, require_latest
 
@@ -37,17 +37,13 @@ def prediction_losses(run, urls: str, *, shuffles: int = 4) -> tuple[float, floa
     grid = input_grid(cfg)
     generator = torch.Generator().manual_seed(0)
     masks = build_mask_generator(cfg.mask, grid)(len(x), generator)
-    trainable = model.trainable
 
     def loss(permutation: torch.Tensor | None) -> float:
-        total = 0.0
-        for mask_set, level_targets in zip(masks, targets.levels, strict=True):
-            features = trainable.encode_context(x, mask_set.context, targets.grid)
-            where = mask_set.targets if permutation is None else [permutation[t] for t in mask_set.targets]
-            preds = torch.cat(trainable.predictor(features, mask_set.context, where, targets.grid), dim=1)
-            total += sum(lv.weight * value for lv, value in
-                         zip(trainable.levels, trainable.level_losses(preds, level_targets))).item()
-        return total / len(masks)
+        """The training loss (Trainable.forward), the predictor told `permutation[index]` for every
+        target index while the targets stay those of the true positions."""
+        where = masks if permutation is None else [MaskSet(m.context, [permutation[t] for t in m.targets])
+                                                   for m in masks]
+        return model.trainable(x, where, targets)[0].item()
 
     with torch.no_grad():
         targets = model.compute_targets(x, masks)
