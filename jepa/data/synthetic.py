@@ -138,7 +138,7 @@ def render_flow(rng: np.random.Generator, *, size: int, frames: int, label: int,
     mosaic = np.kron(rng.uniform(0, 1, size=(cells, cells, 3)), np.ones((cell, cell, 1)))  # periodic: wraps whole
     gap = 2 * math.pi / classes
     direction = label * gap + rng.uniform(-gap / 4, gap / 4)
-    speed = rng.uniform(1.5, 3.0) * SUPERSAMPLE  # output pixels per frame: under half a cell between frames
+    speed = rng.uniform(1.5, 3.0) * SUPERSAMPLE  # 1.5-3 output pixels per frame: under one cell (4 or 8 px)
     velocity = speed * np.array([math.cos(direction), math.sin(direction)])
     start = rng.uniform(0, len(mosaic), size=2)
     out = np.empty((frames, size, size, 3), np.uint8)
